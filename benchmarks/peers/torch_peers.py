@@ -1,0 +1,203 @@
+"""The same GPT (CPU recipe shape), conv VAE and DCGAN written in PyTorch, for side-by-side timing
+with `flaxgen bench --peers`. Each `make` returns [(name, run)] where run(steps) trains that many
+steps on synthetic data and returns seconds per step (ending in a synchronisation)."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _timed(step, device):
+    def run(steps: int) -> float:
+        begin = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - begin) / steps
+    return run
+
+
+# --- GPT ---------------------------------------------------------------------------------------
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(y)
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab, block, layers, heads, d):
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab, d), nn.Embedding(block, d)
+        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, idx):
+        x = self.embed(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x) @ self.embed.weight.T
+
+
+def gpt_step(batch, device, compiled, vocab=128, block=64, layers=4, heads=4, d=128, dtype=torch.float32):
+    model = GPT(vocab, block, layers, heads, d).to(device)
+    forward = torch.compile(model) if compiled else model
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=1e-3, betas=(0.9, 0.99))
+    data = torch.randint(0, 65, (100_000,), device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        starts = torch.randint(0, data.numel() - block - 1, (batch,), device=device, generator=generator)
+        window = data[starts[:, None] + torch.arange(block + 1, device=device)]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = forward(window[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, vocab), window[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return step
+
+
+# --- conv VAE ----------------------------------------------------------------------------------
+
+class ConvVAE(nn.Module):
+    def __init__(self, latent=2):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(7 * 7 * 64, 16), nn.ReLU())
+        self.mean, self.logvar = nn.Linear(16, latent), nn.Linear(16, latent)
+        self.dec_in = nn.Linear(latent, 7 * 7 * 64)
+        self.dec = nn.Sequential(nn.ConvTranspose2d(64, 64, 3, 2, 1, output_padding=1), nn.ReLU(),
+                                 nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1), nn.ReLU(),
+                                 nn.ConvTranspose2d(32, 1, 3, 1, 1))
+
+    def forward(self, x):
+        h = self.enc(x)
+        mean, logvar = self.mean(h), self.logvar(h)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        logits = self.dec(F.relu(self.dec_in(z)).view(-1, 64, 7, 7))
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
+        kl = 0.5 * (logvar.exp() + mean**2 - 1 - logvar).sum(1)
+        return (recon + kl).mean()
+
+
+def conv_vae_step(batch, device, compiled):
+    model = ConvVAE().to(device)
+    loss_fn = torch.compile(model) if compiled else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = torch.rand(4096, 1, 28, 28, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        x = data[torch.randint(0, data.shape[0], (batch,), device=device, generator=generator)]
+        loss = loss_fn(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+# --- DCGAN -------------------------------------------------------------------------------------
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over channels at each pixel (as flax's LayerNorm on NHWC)."""
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Generator(nn.Module):
+    def __init__(self, latent=64, width=32):
+        super().__init__()
+        self.width = width
+        self.inp = nn.Linear(latent, 7 * 7 * 2 * width)
+        self.norm0 = ChannelNorm(2 * width)
+        self.up1, self.norm1 = nn.ConvTranspose2d(2 * width, width, 4, 2, 1), ChannelNorm(width)
+        self.up2 = nn.ConvTranspose2d(width, 1, 4, 2, 1)
+
+    def forward(self, z):
+        x = F.relu(self.norm0(self.inp(z).view(-1, 2 * self.width, 7, 7)))
+        x = F.relu(self.norm1(self.up1(x)))
+        return torch.sigmoid(self.up2(x))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, width=32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, 2 * width, 4, 2, 1),
+                                 nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(7 * 7 * 2 * width, 1))
+
+    def forward(self, x):
+        return self.net(x)[:, 0]
+
+
+def dcgan_step(batch, device, compiled, latent=64, r1_gamma=1.0):
+    g, d = Generator(latent).to(device), Discriminator().to(device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    g_fwd = torch.compile(g) if compiled else g
+    d_fwd = d  # R1's double backward does not compile
+    data = torch.rand(4096, 1, 28, 28, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        real = data[torch.randint(0, data.shape[0], (batch,), device=device, generator=generator)]
+        real.requires_grad_(True)
+        fake = g_fwd(torch.randn(batch, latent, device=device)).detach()
+        real_logits = d_fwd(real)
+        loss_d = F.softplus(-real_logits).mean() + F.softplus(d_fwd(fake)).mean()
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+        loss_d = loss_d + 0.5 * r1_gamma * grad.pow(2).flatten(1).sum(1).mean()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.softplus(-d_fwd(g_fwd(torch.randn(batch, latent, device=device)))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    return step
+
+
+STEPS = {"gpt_cpu": gpt_step, "conv_vae": conv_vae_step, "dcgan": dcgan_step}
+
+
+def make(model: str, batch: int, dtype: str = "float32"):
+    if model not in STEPS:
+        return []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    peers = []
+    for compiled in (False, True):
+        name = f"torch {torch.__version__.split('+')[0]} {'compile' if compiled else 'eager'}"
+        try:
+            kwargs = {"dtype": torch.bfloat16} if (model == "gpt_cpu" and dtype == "bfloat16") else {}
+            run = _timed(STEPS[model](batch, device, compiled, **kwargs), device)
+            run(2)  # compile / warm up here, so a failure is caught now
+        except Exception as error:  # torch.compile needs a working C++ toolchain; say so, go on
+            print(f"  {name} failed for {model}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
+            continue
+        peers.append((name, run))
+    return peers

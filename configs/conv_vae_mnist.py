@@ -1,0 +1,15 @@
+"""The Keras convolutional VAE example: latent 2, so its manifold can be drawn."""
+
+
+def get_config():
+    return {
+        "seed": 0,
+        "model": {"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 16,
+                  "fast_conv": True},
+        "data": {"name": "mnist", "batch_size": 128},
+        "optim": {"name": "adam", "lr": 1e-3},
+        "train": {"steps": 14_040},  # 30 epochs, as the Keras example
+        "eval": {"every": 2_340},
+        "checkpoint": {"every": 2_340},
+        "log": {"every": 234},
+    }

@@ -1,0 +1,16 @@
+"""DCGAN for 28x28 MNIST: transposed convolutions up from 7x7, strided convolutions down."""
+
+
+def get_config():
+    return {
+        "seed": 0,
+        "model": {"family": "gan", "arch": "dcgan", "latent_dim": 64, "dcgan_width": 32,
+                  "loss": "nonsaturating", "r1_gamma": 1.0, "ema_decay": 0.999},
+        "data": {"name": "mnist", "batch_size": 64, "eval_batch_size": 500},
+        "optim": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999},
+        "optim_d": {"lr": 2e-4, "b1": 0.5, "b2": 0.999},
+        "train": {"steps": 6_000},
+        "eval": {"every": 2_000, "batches": 2},
+        "checkpoint": {"every": 2_000},
+        "log": {"every": 200},
+    }

@@ -1,0 +1,19 @@
+"""The small CPU recipe: character-level tiny_shakespeare, block 64, batch 12, 4 layers, 4 heads,
+width 128, dropout 0, AdamW 1e-3 (0.9, 0.99), wd 0.1, 100 warm-up steps, cosine to 1e-4 at 2000."""
+
+
+def get_config():
+    return {
+        "seed": 0,
+        "model": {"family": "transformer", "n_layer": 4, "n_head": 4, "d_model": 128, "dropout": 0.0,
+                  "positions": "learned"},
+        "data": {"name": "tiny_shakespeare", "tokenizer": "char", "block_size": 64, "batch_size": 12,
+                 "eval_batch_size": 12, "eval_split": "validation"},
+        "optim": {"name": "adamw", "lr": 1e-3, "b1": 0.9, "b2": 0.99, "weight_decay": 0.1,
+                  "schedule": "cosine", "warmup_steps": 100, "decay_steps": 2000, "min_lr": 1e-4,
+                  "grad_clip": 1.0},
+        "train": {"steps": 2000},
+        "eval": {"every": 500, "batches": 20},
+        "checkpoint": {"every": 1000},
+        "log": {"every": 100},
+    }

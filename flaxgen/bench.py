@@ -1,0 +1,334 @@
+"""`flaxgen bench`: training-step throughput and MFU of every family, on synthetic data.
+
+Each case is the real training step (the loop's fused step: batch built on device, family step,
+state donated), compiled ahead of time (compile time reported apart), warmed up, then timed in
+repeats of N steps that each end in block_until_ready. Medians are quoted with their spread.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from flaxgen import flops as flops_lib
+from flaxgen.config import ConfigError, build_config
+from flaxgen.training import parallel
+
+IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_examples": 4096}
+
+# name -> (raw config over the defaults, default batch sizes, peer batch)
+MODELS = {
+    "autoencoder": ({"model": {"family": "autoencoder", "code_dim": 32}, "data": IMAGES}, [256, 1024]),
+    "vae": ({"model": {"family": "vae", "arch": "dense"}, "data": {**IMAGES, "binarize": "dynamic"}}, [128, 512]),
+    "conv_vae": ({"model": {"family": "vae", "arch": "conv", "latent_dim": 2}, "data": IMAGES}, [128, 256]),
+    "gan": ({"model": {"family": "gan", "arch": "dense"}, "data": IMAGES}, [64, 256]),
+    "dcgan": ({"model": {"family": "gan", "arch": "dcgan", "latent_dim": 64, "dcgan_width": 32,
+                         "r1_gamma": 1.0}, "data": IMAGES}, [64, 128]),
+    "gpt_cpu": ({"model": {"family": "transformer", "n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size": 65},
+                 "data": {"name": "synthetic_tokens", "block_size": 64, "vocab_size": 65, "num_examples": 100_000},
+                 "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0}}, [12, 48]),
+    "gpt2_small": ({"model": {"family": "transformer", "n_layer": 12, "n_head": 12, "d_model": 768,
+                              "vocab_size": 50304, "dtype": "bfloat16"},
+                    "data": {"name": "synthetic_tokens", "block_size": 1024, "vocab_size": 50257,
+                             "num_examples": 1_000_000},
+                    "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0}}, [8, 16]),
+}
+PRESETS = {
+    "default": ["autoencoder", "vae", "conv_vae", "gan", "dcgan", "gpt_cpu"],
+    "full": list(MODELS),
+}
+
+
+@dataclass
+class Result:
+    model: str
+    strategy: str
+    devices: int
+    batch: int
+    dtype: str
+    compile_s: float
+    step_ms_median: float
+    step_ms_min: float
+    step_ms_max: float
+    steps_per_s: float
+    examples_per_s: float
+    tokens_per_s: float | None
+    flops_per_step: float | None
+    xla_flops_per_step: float | None
+    achieved_tflops: float | None
+    mfu: float | None
+    peak_memory_mb: float | None
+    repeats: int
+    steps_per_repeat: int
+    extra: dict = field(default_factory=dict)
+
+
+def case_config(model: str, batch: int, strategy: str, devices: int | None, dtype: str | None):
+    raw = copy.deepcopy(MODELS[model][0])
+    raw.setdefault("data", {})["batch_size"] = batch
+    raw["parallel"] = {"strategy": strategy, "num_devices": devices}
+    raw["log"] = {"tensorboard": False, "progress": False}
+    if dtype and raw["model"]["family"] == "transformer":
+        raw["model"]["dtype"] = dtype
+    return build_config(raw)
+
+
+def time_case(model: str, batch: int, strategy: str = "single", devices: int | None = None,
+              dtype: str | None = None, repeats: int = 5, target_repeat_s: float = 0.4,
+              peak_flops: float | None = None, steps: int | None = None) -> tuple[Result, callable]:
+    """Build, compile and time one case. Returns the result and a function that times one more
+    repeat (for interleaving with a peer)."""
+    from flaxgen.training.loop import Experiment
+
+    config = case_config(model, batch, strategy, devices, dtype)
+    experiment = Experiment.build(config)
+    strategy_obj = experiment.strategy
+    state = strategy_obj.put_state(experiment.init_state())
+    args = experiment.step_args(0)
+    start = time.perf_counter()
+    compiled = experiment.step_function().lower(state, args, np.int32(0)).compile()
+    compile_s = time.perf_counter() - start
+    xla_flops = _xla_flops(compiled, strategy_obj)
+
+    box = {"state": state, "step": 0}
+
+    def run(steps: int) -> float:
+        state, step = box["state"], box["step"]
+        begin = time.perf_counter()
+        for i in range(steps):
+            state, metrics = compiled(state, args, np.int32(step + i))
+        jax.block_until_ready((state, metrics))
+        elapsed = time.perf_counter() - begin
+        box["state"], box["step"] = state, step + steps
+        return elapsed / steps
+
+    run(2)  # warm-up
+    one = run(3)
+    steps = steps or max(1, int(round(target_repeat_s / max(one, 1e-6))))
+    times = [run(steps) for _ in range(repeats)]
+    family = experiment.family
+    analytic = family.flops_per_example(True) * batch if family.flops_per_example else None
+    device = strategy_obj.devices[0]
+    result = summarise(model, strategy_obj, batch, config, compile_s, times, steps, analytic, xla_flops,
+                       family.tokens_per_example, peak_flops, device)
+    return result, run
+
+
+def summarise(model, strategy_obj, batch, config, compile_s, times, steps, analytic, xla_flops,
+              tokens_per_example, peak_flops, device) -> Result:
+    median = statistics.median(times)
+    dtype = config.model.get("dtype", "float32")
+    flops_per_step = analytic or xla_flops
+    achieved = flops_per_step / median if flops_per_step else None
+    total_peak = peak_flops * strategy_obj.num_devices if peak_flops else None
+    return Result(
+        model=model, strategy=strategy_obj.name, devices=strategy_obj.num_devices, batch=batch, dtype=dtype,
+        compile_s=round(compile_s, 3), step_ms_median=median * 1e3, step_ms_min=min(times) * 1e3,
+        step_ms_max=max(times) * 1e3, steps_per_s=1.0 / median, examples_per_s=batch / median,
+        tokens_per_s=batch * tokens_per_example / median if tokens_per_example else None,
+        flops_per_step=analytic, xla_flops_per_step=xla_flops,
+        achieved_tflops=achieved / 1e12 if achieved else None,
+        mfu=flops_lib.mfu(flops_per_step, median, total_peak) if flops_per_step else None,
+        peak_memory_mb=_peak_memory_mb(device), repeats=len(times), steps_per_repeat=steps)
+
+
+def _xla_flops(compiled, strategy_obj) -> float | None:
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    value = analysis.get("flops") if analysis else None
+    if value is None:
+        return None
+    # pmap reports one replica's program; jit over a mesh reports the whole computation.
+    return float(value) * (strategy_obj.num_devices if strategy_obj.name == "pmap" else 1)
+
+
+def _peak_memory_mb(device) -> float | None:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (CPU)
+
+
+def peak_for(device, dtype: str) -> tuple[float | None, str]:
+    table = flops_lib.device_peak_flops(device, dtype)
+    if table:
+        return table, f"{device.device_kind} {dtype} spec sheet"
+    if device.platform == "cpu":
+        probe = flops_lib.measure_matmul_peak(device=device)
+        return probe, "f32 1024^3 matmul probe, this run"
+    return None, "unknown device"
+
+
+def format_table(results: list[Result]) -> str:
+    header = (f"{'model':<12}{'strategy':<9}{'dev':>4}{'batch':>7}{'compile s':>10}{'ms/step':>10}"
+              f"{'spread':>16}{'steps/s':>9}{'examples/s':>12}{'tokens/s':>10}{'GFLOP/step':>11}"
+              f"{'xla GFLOP':>10}{'MFU':>7}{'peak MB':>9}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(
+            f"{r.model:<12}{r.strategy:<9}{r.devices:>4}{r.batch:>7}{r.compile_s:>10.2f}{r.step_ms_median:>10.2f}"
+            f"{f'{r.step_ms_min:.2f}-{r.step_ms_max:.2f}':>16}{r.steps_per_s:>9.1f}{r.examples_per_s:>12.0f}"
+            f"{(f'{r.tokens_per_s:.0f}' if r.tokens_per_s else '-'):>10}"
+            f"{(f'{r.flops_per_step / 1e9:.3f}' if r.flops_per_step else '-'):>11}"
+            f"{(f'{r.xla_flops_per_step / 1e9:.3f}' if r.xla_flops_per_step else '-'):>10}"
+            f"{(f'{100 * r.mfu:.1f}%' if r.mfu else '-'):>7}"
+            f"{(f'{r.peak_memory_mb:.0f}' if r.peak_memory_mb else '-'):>9}")
+    return "\n".join(lines)
+
+
+def device_label() -> str:
+    device = jax.devices()[0]
+    kind = device.device_kind.replace(" ", "_").lower() if device.platform != "cpu" else "cpu"
+    return f"{kind}-x{jax.device_count()}" if device.platform != "cpu" else f"cpu-{_cpu_count()}core"
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def plot_sweep(results: list[Result], path: Path) -> None:
+    from flaxgen.viz import _pyplot
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for model in sorted({r.model for r in results}):
+        rows = sorted((r for r in results if r.model == model and r.strategy == results[0].strategy),
+                      key=lambda r: r.batch)
+        if not rows:
+            continue
+        batches = [r.batch for r in rows]
+        axes[0].plot(batches, [r.step_ms_median for r in rows], marker="o", label=model)
+        axes[1].plot(batches, [r.examples_per_s for r in rows], marker="o", label=model)
+    for axis, label in zip(axes, ["median ms / step", "examples / s"]):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("global batch")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"flaxgen training-step scaling ({device_label()})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(results, peers, meta, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(
+        {"meta": meta, "results": [asdict(r) for r in results], "peers": peers}, indent=2) + "\n")
+    plot_sweep(results, out_dir / "scaling.png")
+    lines = [f"# flaxgen bench: {meta['device']}", "", f"Command: `{meta['command']}`", "",
+             f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU: "
+             f"{meta['peak_tflops']:.3f} TFLOP/s per device ({meta['peak_source']}).", "",
+             "```", format_table(results), "```", ""]
+    if peers:
+        lines += ["## Side by side with peers (interleaved A/B, same batch and dtype)", "",
+                  "| model | batch | flaxgen ms/step | peer | peer ms/step | flaxgen/peer steps/s |",
+                  "| --- | ---: | ---: | --- | ---: | ---: |"]
+        for row in peers:
+            lines.append(f"| {row['model']} | {row['batch']} | {row['flaxgen_ms']:.2f} | {row['peer']} | "
+                         f"{row['peer_ms']:.2f} | {row['ratio_median']:.2f}x "
+                         f"({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) |")
+        lines.append("")
+    lines += ["![scaling](scaling.png)", ""]
+    (out_dir / "README.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser("flaxgen bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="default: the CPU-sized set (~3 min on 2 cores); full: adds GPT-2 124M")
+    parser.add_argument("--models", help=f"comma-separated, from: {', '.join(MODELS)}")
+    parser.add_argument("--strategy", default="single", help="single, mesh, pmap, or all")
+    parser.add_argument("--devices", type=int, default=None, help="devices for mesh/pmap (default all)")
+    parser.add_argument("--batch-sizes", help="comma-separated global batches (default per model)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed repeat (default: ~0.4 s)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="GPT compute dtype")
+    parser.add_argument("--peers", action="store_true", help="time the PyTorch peers side by side")
+    parser.add_argument("--out", help="directory for results.json, README.md and scaling.png")
+    args = parser.parse_args(argv)
+
+    models = args.models.split(",") if args.models else PRESETS[args.preset]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark model {unknown[0]!r}; use some of: {', '.join(MODELS)}")
+    strategies = ["single", "mesh", "pmap"] if args.strategy == "all" else args.strategy.split(",")
+    for name in strategies:
+        if name not in ("single", "mesh", "pmap"):
+            raise ConfigError(f"unknown --strategy {name!r}; use single, mesh, pmap or all")
+    if jax.device_count() == 1:
+        strategies = [s for s in strategies if s == "single"] or ["single"]
+    device = jax.devices()[0]
+    dtype = args.dtype or ("bfloat16" if device.platform == "gpu" else "float32")
+    peak, peak_source = peak_for(device, dtype)
+    print(f"flaxgen bench on {device_label()} ({device.device_kind}); MFU peak {peak / 1e12:.3f} TFLOP/s "
+          f"per device ({peak_source})", flush=True)
+    results, peers = [], []
+    for model in models:
+        batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
+        for strategy in strategies:
+            for batch in batches:
+                result, run = time_case(model, batch, strategy, args.devices, dtype, args.repeats,
+                                        peak_flops=peak, steps=args.steps)
+                results.append(result)
+                print(format_table([result]).splitlines()[-1], flush=True)
+                if args.peers and strategy == "single" and batch == batches[0]:
+                    peers += _peer_side_by_side(model, batch, dtype, run, args.repeats)
+    print()
+    print(format_table(results))
+    if peers:
+        print()
+        for row in peers:
+            print(f"{row['model']:<10} batch {row['batch']:>4}: flaxgen {row['flaxgen_ms']:.2f} ms vs "
+                  f"{row['peer']} {row['peer_ms']:.2f} ms -> {row['ratio_median']:.2f}x "
+                  f"({row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
+    if args.out:
+        meta = {"device": device_label(), "device_kind": device.device_kind, "backend": device.platform,
+                "jax": jax.__version__, "python": platform.python_version(),
+                "command": "flaxgen bench " + " ".join(argv if argv is not None else sys.argv[2:]),
+                "peak_tflops": peak / 1e12, "peak_source": peak_source,
+                "date": time.strftime("%Y-%m-%d")}
+        write_report(results, peers, meta, Path(args.out))
+        print(f"\nwrote {args.out}/results.json, README.md, scaling.png")
+    return results
+
+
+def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats) -> list[dict]:
+    """A/B interleaved repeats of our step and each PyTorch peer's; the ratio per pair."""
+    try:
+        sys.path.insert(0, str(Path.cwd()))
+        from benchmarks.peers import torch_peers
+    except ImportError as error:
+        print(f"peers skipped: {error} (run from the repository root, with pip install 'flaxgen[peers]')",
+              flush=True)
+        return []
+    rows = []
+    for name, peer_run in torch_peers.make(model, batch, dtype):
+        steps = max(2, int(round(0.4 / max(flaxgen_run(2), 1e-6))))
+        peer_steps = max(2, int(round(0.4 / max(peer_run(2), 1e-6))))
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(flaxgen_run(steps))
+            theirs.append(peer_run(peer_steps))
+        ratios = sorted(t / o for o, t in zip(ours, theirs))
+        rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
+                     "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),
+                     "ratio_min": ratios[0], "ratio_max": ratios[-1]})
+    return rows

@@ -1,0 +1,67 @@
+"""The data-source contract.
+
+A source keeps its whole training set as arrays that the strategy places on every device. The
+batch for a step is a pure, traceable function of (arrays, per-epoch inputs, step, example
+indices), so the loop builds it inside the jitted step: no host work per step, an exact resume
+(the data position is a function of the step), and the same examples whatever the device split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+
+_NO_EPOCH_INPUTS: dict = {}
+
+
+class DataError(RuntimeError):
+    """Missing or unusable data; the message says how to get it."""
+
+
+@dataclass
+class DataSource:
+    batch_size: int
+    arrays: dict                       # numpy arrays, replicated on devices by the loop
+    info: dict = field(default_factory=dict)  # what models need to know: shapes, vocab, classes
+
+    def epoch_inputs(self, step: int) -> dict:
+        """Host-computed inputs that change at most once per epoch (e.g. the shuffle order).
+        Returns the same object while they do not change, so the loop re-places them only then."""
+        return _NO_EPOCH_INPUTS
+
+    def batch(self, arrays: dict, epoch_inputs: dict, step: jax.Array, indices: jax.Array) -> dict:
+        """The examples at global positions `indices` of step `step`'s batch. Pure; traced."""
+        raise NotImplementedError
+
+    def example_batch(self) -> dict:
+        """A host batch with the global batch's shapes (for init and AOT compilation)."""
+        fn = jax.jit(self.batch)
+        import jax.numpy as jnp
+        return jax.device_get(fn(self.arrays, self.epoch_inputs(0), jnp.int32(0),
+                                 jnp.arange(self.batch_size, dtype=jnp.uint32)))
+
+    def eval_batches(self, batch_size: int, max_batches: int | None = None) -> Iterator[dict]:
+        """Fixed evaluation batches (same for every seed and run)."""
+        return iter(())
+
+    def metadata(self) -> dict:
+        """JSON-able facts saved into the workdir (e.g. a tokenizer)."""
+        return {}
+
+
+def make_source(config, train: bool = True) -> DataSource:
+    from flaxgen.data import images, mixtures, text
+
+    name = config.data.name
+    if name in mixtures.MIXTURES:
+        return mixtures.MixtureSource.from_config(config)
+    if name in ("synthetic_images",):
+        return images.ImageSource.synthetic(config)
+    if name in ("synthetic_tokens",):
+        return text.TextSource.synthetic(config)
+    if name in text.TEXT_DATASETS:
+        return text.TextSource.from_tfds(config)
+    return images.ImageSource.from_tfds(config)

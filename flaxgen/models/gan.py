@@ -1,0 +1,242 @@
+"""GANs: the tutorials' dense GAN, a DCGAN for 28x28 images, and MLPs for 2-D mixtures.
+
+One train_step updates the discriminator `n_critic` times and then the generator; both players'
+parameters and optimizer states live in one TrainState (`params = {"g", "d"}`), so the shared
+loop, strategies and checkpoints treat a GAN like any other model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from flaxgen.config import ConfigError
+from flaxgen.models import Family
+from flaxgen.models.layers import conv_layers
+from flaxgen.training import parallel, rng
+from flaxgen.training.state import TrainState, apply_updates, make_optimizer
+
+
+def defaults() -> dict:
+    return {
+        "model": {
+            "family": "gan",
+            "arch": "dense",            # dense | dcgan | mlp2d
+            "latent_dim": 100,
+            "loss": "nonsaturating",    # nonsaturating | hinge
+            "r1_gamma": 0.0,            # R1 penalty on real data (0: off)
+            "n_critic": 1,              # discriminator updates per generator update
+            "ema_decay": 0.0,           # >0: sample from an EMA of the generator's weights
+            "hidden": [256, 512],       # dense generator (discriminator mirrors it)
+            "mlp_width": 128,           # mlp2d
+            "mlp_depth": 3,
+            "dcgan_width": 64,
+        },
+        # The discriminator's optimizer; `optim` is the generator's.
+        "optim_d": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8,
+                    "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
+                    "decay_steps": None, "min_lr": 0.0, "grad_clip": None, "accum_steps": 1},
+    }
+
+
+class DenseGenerator(nn.Module):
+    hidden: Sequence[int]
+    shape: tuple
+
+    @nn.compact
+    def __call__(self, z):
+        h = z
+        for width in self.hidden:
+            h = nn.relu(nn.Dense(width)(h))
+        return nn.sigmoid(nn.Dense(math.prod(self.shape))(h)).reshape(z.shape[0], *self.shape)
+
+
+class DenseDiscriminator(nn.Module):
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x):
+        h = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            h = nn.relu(nn.Dense(width)(h))
+        return nn.Dense(1)(h)[:, 0]
+
+
+class DCGenerator(nn.Module):
+    """z -> 7x7x(2w) -> ConvT(w, 4, s2) 14x14 -> ConvT(C, 4, s2) 28x28, sigmoid."""
+    width: int
+    shape: tuple
+
+    @nn.compact
+    def __call__(self, z):
+        _, convt = conv_layers(True)
+        h, w, c = self.shape
+        x = nn.Dense((h // 4) * (w // 4) * 2 * self.width)(z).reshape(z.shape[0], h // 4, w // 4, 2 * self.width)
+        x = nn.relu(nn.LayerNorm()(x))
+        x = nn.relu(nn.LayerNorm()(convt(self.width, (4, 4), strides=(2, 2))(x)))
+        return nn.sigmoid(convt(c, (4, 4), strides=(2, 2))(x))
+
+
+class DCDiscriminator(nn.Module):
+    """Conv(w, 4, s2) -> Conv(2w, 4, s2) -> Dense(1), leaky ReLU, no normalisation (R1 regularises)."""
+    width: int
+
+    @nn.compact
+    def __call__(self, x):
+        conv, _ = conv_layers(True)
+        x = nn.leaky_relu(conv(self.width, (4, 4), strides=(2, 2))(x), 0.2)
+        x = nn.leaky_relu(conv(2 * self.width, (4, 4), strides=(2, 2))(x), 0.2)
+        return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+
+
+class MLP(nn.Module):
+    width: int
+    depth: int
+    out: int
+    leaky: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for _ in range(self.depth):
+            x = nn.Dense(self.width)(x)
+            x = nn.leaky_relu(x, 0.2) if self.leaky else nn.relu(x)
+        x = nn.Dense(self.out)(x)
+        return x[:, 0] if self.out == 1 else x
+
+
+def build_players(config, info):
+    m = config.model
+    if m.arch == "dense":
+        shape = tuple(info["image_shape"])
+        return DenseGenerator(tuple(m.hidden), shape), DenseDiscriminator(tuple(reversed(m.hidden)))
+    if m.arch == "dcgan":
+        shape = tuple(info["image_shape"])
+        return DCGenerator(m.dcgan_width, shape), DCDiscriminator(m.dcgan_width)
+    if m.arch == "mlp2d":
+        return MLP(m.mlp_width, m.mlp_depth, 2), MLP(m.mlp_width, m.mlp_depth, 1, leaky=True)
+    raise ConfigError(f"config key 'model.arch' is {m.arch!r}; use dense, dcgan or mlp2d")
+
+
+def data_of(batch):
+    """The real examples of a batch: images, or 2-D points."""
+    return batch["image"] if "image" in batch else batch["point"]
+
+
+def make(config, info) -> Family:
+    m = config.model
+    if m.loss not in ("nonsaturating", "hinge"):
+        raise ConfigError(f"config key 'model.loss' is {m.loss!r}; use nonsaturating or hinge")
+    generator, discriminator = build_players(config, info)
+    tx_g = make_optimizer(config.optim, config.train.steps)
+    tx_d = make_optimizer(config.optim_d, config.train.steps * m.n_critic)
+
+    def latents(key, indices):
+        keys = rng.example_keys(key, indices)
+        return jax.vmap(lambda k: jax.random.normal(k, (m.latent_dim,)))(keys)
+
+    def generate(g_params, z):
+        return generator.apply({"params": g_params}, z)
+
+    def critic(d_params, x):
+        return discriminator.apply({"params": d_params}, x)
+
+    def d_loss_fn(d_params, real, fake):
+        real_logits, fake_logits = critic(d_params, real), critic(d_params, fake)
+        if m.loss == "hinge":
+            loss = jnp.mean(nn.relu(1.0 - real_logits)) + jnp.mean(nn.relu(1.0 + fake_logits))
+        else:
+            loss = jnp.mean(nn.softplus(-real_logits)) + jnp.mean(nn.softplus(fake_logits))
+        penalty = jnp.zeros(())
+        if m.r1_gamma:
+            grads = jax.grad(lambda x: critic(d_params, x).sum())(real)
+            penalty = jnp.mean(jnp.sum(grads.reshape(grads.shape[0], -1) ** 2, -1))
+            loss = loss + 0.5 * m.r1_gamma * penalty
+        return loss, {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits), "r1": penalty}
+
+    def g_loss_fn(g_params, d_params, z):
+        fake_logits = critic(d_params, generate(g_params, z))
+        if m.loss == "hinge":
+            return -jnp.mean(fake_logits)
+        return jnp.mean(nn.softplus(-fake_logits))
+
+    def init(key, batch):
+        real = data_of(batch)
+        g_key, d_key = jax.random.split(key)
+        z = jnp.zeros((real.shape[0], m.latent_dim))
+        params = {"g": generator.init(g_key, z)["params"], "d": discriminator.init(d_key, real)["params"]}
+        opt_state = {"g": tx_g.init(params["g"]), "d": tx_d.init(params["d"])}
+        extra = {"ema_g": params["g"]} if m.ema_decay else {}
+        return TrainState(step=jnp.int32(0), params=params, opt_state=opt_state, extra=extra)
+
+    def train_step(state, batch, key):
+        real = data_of(batch)
+        indices = parallel.example_indices(real.shape[0])
+        params, opt_state = dict(state.params), dict(state.opt_state)
+        for i in range(m.n_critic):
+            fake = generate(params["g"], latents(jax.random.fold_in(key, i), indices))
+            (d_loss, d_aux), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+                params["d"], real, jax.lax.stop_gradient(fake))
+            d_loss, d_aux, grads = parallel.pmean((d_loss, d_aux, grads))
+            params["d"], opt_state["d"] = apply_updates(tx_d, params["d"], opt_state["d"], grads)
+        z = latents(jax.random.fold_in(key, m.n_critic), indices)
+        g_loss, grads = jax.value_and_grad(g_loss_fn)(params["g"], params["d"], z)
+        g_loss, grads = parallel.pmean((g_loss, grads))
+        params["g"], opt_state["g"] = apply_updates(tx_g, params["g"], opt_state["g"], grads)
+        extra = state.extra
+        if m.ema_decay:
+            extra = {"ema_g": optax.incremental_update(params["g"], extra["ema_g"], 1.0 - m.ema_decay)}
+        metrics = {"d_loss": d_loss, "g_loss": g_loss, **d_aux}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra), metrics
+
+    def sampling_params(state):
+        return state.extra["ema_g"] if m.ema_decay else state.params["g"]
+
+    def eval_step(state, batch, key):
+        real = data_of(batch)
+        fake = generate(sampling_params(state), latents(key, jnp.arange(real.shape[0], dtype=jnp.uint32)))
+        d_loss, aux = d_loss_fn(state.params["d"], real, fake)
+        return {"d_loss": d_loss, "d_real": aux["d_real"], "d_fake": aux["d_fake"]}
+
+    def sample(state, key, n: int = 64):
+        return generate(sampling_params(state), latents(key, jnp.arange(n, dtype=jnp.uint32)))
+
+    def evaluate(state, source, key):
+        from flaxgen import evaluation
+        return evaluation.gan_metrics(sample, state, source, key, config)
+
+    def pictures(state, source, key, outdir, step):
+        from flaxgen import viz
+        if m.arch == "mlp2d":
+            import numpy as np
+            points = jax.jit(sample, static_argnums=2)(state, key, 2500)
+            return [viz.scatter_2d(points, np.asarray(source.info["centers"]),
+                                   f"{outdir}/samples_{step:07d}.png", f"step {step}")]
+        return viz.image_family_pictures(sample, None, state, source, key, outdir, step)
+
+    def flops_per_example(train: bool = True):
+        g = jax.eval_shape(lambda: generator.init(jax.random.key(0), jnp.zeros((1, m.latent_dim))))
+        d_input = (1, *info["image_shape"]) if "image_shape" in info else (1, 2)
+        d = jax.eval_shape(lambda: discriminator.init(jax.random.key(0), jnp.zeros(d_input)))
+        g_f = _forward_flops(lambda p, z: generator.apply(p, z), g, (1, m.latent_dim))
+        d_f = _forward_flops(lambda p, x: discriminator.apply(p, x), d, d_input)
+        if not train:
+            return g_f
+        # per critic step: G forward, D forward+backward on real and fake; G step: G and D fwd+bwd
+        return m.n_critic * (g_f + 2 * 3 * d_f) + 3 * (g_f + d_f)
+
+    return Family("gan", init, train_step, eval_step, sample, evaluate, pictures, flops_per_example)
+
+
+def _forward_flops(apply, abstract_params, input_shape) -> float:
+    """Forward FLOPs of one example from XLA's count of the compiled function (matmul-dominated
+    models; used where no closed formula is kept by hand)."""
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params)
+    compiled = jax.jit(apply).lower(params, jnp.zeros(input_shape)).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return float(analysis.get("flops", 0.0))

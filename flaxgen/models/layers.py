@@ -1,0 +1,119 @@
+"""Strided convolutions as 2-D matmuls plus shifted adds/slices.
+
+XLA:CPU runs convolutions with dilated inputs (a strided transposed convolution, and the input
+gradient of a strided convolution) on a very slow path, and small-channel convolutions well
+below its matmul speed. These layers compute exactly the function of `nn.ConvTranspose` /
+`nn.Conv` with 'SAME' padding and the same parameters (kernel HWIO, bias), but every heavy
+operation they emit, forward and backward, is one 2-D matmul.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _transpose_same_padding(kernel: int, stride: int) -> tuple[int, int]:
+    """Padding of the input-dilated convolution that lax.conv_transpose uses for 'SAME'."""
+    pad_len = kernel + stride - 2
+    pad_low = kernel - 1 if stride > kernel - 1 else int(np.ceil(pad_len / 2))
+    return pad_low, pad_len - pad_low
+
+
+def _shift(x: jax.Array, offset_h: int, offset_w: int) -> jax.Array:
+    """y[i, j] = x[i - offset_h, j - offset_w], zero outside (offsets in axes 1 and 2)."""
+    _, h, w, _ = x.shape
+    x = jnp.pad(x, ((0, 0), (max(offset_h, 0), max(-offset_h, 0)),
+                    (max(offset_w, 0), max(-offset_w, 0)), (0, 0)))
+    top, left = max(-offset_h, 0), max(-offset_w, 0)
+    return x[:, top:top + h, left:left + w, :]
+
+
+def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """== lax.conv_transpose(x, kernel, (s, s), 'SAME'): x @ kernel for every tap at once, then
+    each tap's product is added into its output phase at its offset (col2im)."""
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    pad_h = _transpose_same_padding(kh, stride)[0]
+    pad_w = _transpose_same_padding(kw, stride)[0]
+    # One 2-D matmul for all taps (XLA:CPU is slow on multi-axis contractions).
+    wide = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+    taps = (x.reshape(n * h * w, cin) @ wide).reshape(n, h, w, kh * kw, cout)
+    phases = {}
+    for ty in range(kh):
+        qy, ry = divmod(pad_h - ty, stride)
+        for tx in range(kw):
+            qx, rx = divmod(pad_w - tx, stride)
+            contribution = _shift(taps[:, :, :, ty * kw + tx, :], qy, qx)
+            phases[ry, rx] = phases[ry, rx] + contribution if (ry, rx) in phases else contribution
+    zero = jnp.zeros((n, h, w, cout), x.dtype)
+    stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], 3)
+                         for ry in range(stride)], 3)            # (n, h, w, ry, rx, cout)
+    return stacked.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * stride, w * stride, cout)
+
+
+def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """== lax.conv_general_dilated(x, kernel, (s, s), 'SAME'): the taps' strided slices side by
+    side (im2col), then one matmul."""
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    out_h, out_w = -(-h // stride), -(-w // stride)
+    pad_h = max((out_h - 1) * stride + kh - h, 0)
+    pad_w = max((out_w - 1) * stride + kw - w, 0)
+    x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+    patches = jnp.concatenate([x[:, ty:ty + span_h:stride, tx:tx + span_w:stride, :]
+                               for ty in range(kh) for tx in range(kw)], 3)  # (n, oh, ow, taps*cin)
+    # 2-D matmul: XLA:CPU is slow on multi-axis contractions
+    out = patches.reshape(n * out_h * out_w, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+    return out.reshape(n, out_h, out_w, cout)
+
+
+class GemmConvTranspose(nn.Module):
+    """Drop-in for nn.ConvTranspose(features, kernel_size, strides, padding='SAME')."""
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (2, 2)
+    use_bias: bool = True
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+        y = conv_transpose_gemm(x, kernel, self.strides[0])
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
+class GemmConv(nn.Module):
+    """Drop-in for nn.Conv(features, kernel_size, strides, padding='SAME')."""
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (2, 2)
+    use_bias: bool = True
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+        y = conv_gemm(x, kernel, self.strides[0])
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
+def conv_layers(fast: bool):
+    """(Conv, ConvTranspose) constructors: the matmul formulations, or flax's own."""
+    if fast:
+        return GemmConv, GemmConvTranspose
+    conv = lambda features, kernel_size=(3, 3), strides=(2, 2), **kw: nn.Conv(
+        features, kernel_size, strides=strides, padding="SAME", **kw)
+    convt = lambda features, kernel_size=(3, 3), strides=(2, 2), **kw: nn.ConvTranspose(
+        features, kernel_size, strides=strides, padding="SAME", **kw)
+    return conv, convt

@@ -1,0 +1,195 @@
+"""The one training loop. It knows the family contract (flaxgen.models.Family) and the data
+contract (flaxgen.data.DataSource), never which model it is training."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxgen.config import Config, save_config
+from flaxgen.data import make_source
+from flaxgen.models import make_family
+from flaxgen.training import parallel, rng
+from flaxgen.training.checkpoint import Checkpointer, abstract_like
+from flaxgen.training.logging import MetricsLog
+
+
+class TrainingDiverged(RuntimeError):
+    """A metric became NaN or Inf."""
+
+
+@dataclass
+class Experiment:
+    """What a run is made of, built without compiling anything (so bad input fails fast)."""
+
+    config: Config
+    source: object
+    family: object
+    strategy: parallel.Strategy
+
+    @classmethod
+    def build(cls, config: Config) -> "Experiment":
+        strategy = parallel.make_strategy(config.parallel.strategy, config.parallel.num_devices,
+                                          config.data.batch_size)
+        if config.optim.accum_steps > 1 and (config.data.batch_size // strategy.num_devices) % config.optim.accum_steps:
+            from flaxgen.config import ConfigError
+            raise ConfigError(f"per-device batch {config.data.batch_size // strategy.num_devices} does "
+                              f"not divide into optim.accum_steps={config.optim.accum_steps} micro-batches")
+        source = make_source(config)
+        family = make_family(config, source.info)
+        return cls(config, source, family, strategy)
+
+    def init_state(self):
+        key = rng.stream(self.config.seed, "init")
+        return jax.jit(self.family.init)(key, self.source.example_batch())
+
+    def step_function(self):
+        """fused(state, (arrays, epoch_inputs, train_key), step) -> (state, metrics):
+        builds the step's batch on device, derives the step's key, runs the family's step."""
+        source, family, strategy = self.source, self.family, self.strategy
+        global_batch = source.batch_size
+
+        def fused(state, args, step):
+            arrays, epoch_inputs, train_key_data = args
+            local = global_batch // parallel.num_replicas()
+            batch = source.batch(arrays, epoch_inputs, step, parallel.example_indices(local))
+            batch = strategy.constrain_batch(batch)
+            key = rng.step_key(jax.random.wrap_key_data(train_key_data), step)
+            return family.train_step(state, batch, key)
+
+        return strategy.wrap(fused)
+
+    def step_args(self, step: int, placed_arrays=None):
+        train_key = jax.random.key_data(rng.stream(self.config.seed, "train"))
+        arrays = placed_arrays if placed_arrays is not None else self.strategy.put_replicated(self.source.arrays)
+        return (arrays, self.strategy.put_replicated(self.source.epoch_inputs(step)),
+                self.strategy.put_replicated(train_key))
+
+
+def train(config: Config, workdir, *, log_to_stdout: bool = True) -> dict:
+    """Train (or resume) in `workdir`. Returns the final state (one copy, on host) and figures."""
+    workdir = Path(workdir)
+    experiment = Experiment.build(config)
+    source, family, strategy = experiment.source, experiment.family, experiment.strategy
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(config, workdir / "config.json")
+    (workdir / "data.json").write_text(json.dumps(source.metadata()) + "\n")
+
+    state = experiment.init_state()
+    checkpoints = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                               use_async=config.checkpoint["async"])
+    start = 0
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        state, meta = checkpoints.restore(latest, abstract_like(state))
+        start = int(meta["step"])
+        print(f"resuming from {checkpoints.directory / str(latest)} at step {start}", flush=True)
+    total = config.train.steps
+    log = MetricsLog(workdir, total, start, config.log.tensorboard, config.log.progress)
+
+    state = strategy.put_state(state)
+    placed_arrays = strategy.put_replicated(source.arrays)
+    args = experiment.step_args(start, placed_arrays)
+    compile_start = time.perf_counter()
+    step_fn = experiment.step_function().lower(state, args, np.int32(start)).compile()
+    compile_s = time.perf_counter() - compile_start
+    print(f"compiled the train step in {compile_s:.2f}s ({strategy.name}, "
+          f"{strategy.num_devices} device(s)); training steps {start}..{total}", flush=True)
+
+    eval_key = rng.stream(config.seed, "eval")
+    eval_fn = jax.jit(family.eval_step)
+    current_inputs = source.epoch_inputs(start)
+    pending = None            # (step, metrics on device): fetched after the next step is dispatched
+    last_log = (start, time.perf_counter())
+    last_metrics = {}
+    deadline = time.perf_counter() + config.train.time_limit_s if config.train.time_limit_s else None
+    step = start
+
+    def fetch(step_done, metrics):
+        nonlocal last_log, last_metrics
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            good = checkpoints.latest_step()
+            raise TrainingDiverged(
+                f"{', '.join(bad)} became {values[bad[0]]} at step {step_done}; lower optim.lr or set "
+                f"optim.grad_clip (last good checkpoint: step {good} in {checkpoints.directory})")
+        now = time.perf_counter()
+        values["steps_per_s"] = (step_done - last_log[0]) / max(now - last_log[1], 1e-9)
+        last_log = (step_done, now)
+        last_metrics = values
+        log.write(step_done, values)
+
+    try:
+        while step < total:
+            inputs = source.epoch_inputs(step)
+            if inputs is not current_inputs:  # a new epoch's shuffle order
+                args = (args[0], strategy.put_replicated(inputs), args[2])
+                current_inputs = inputs
+            state, metrics = step_fn(state, args, np.int32(step))
+            step += 1
+            if pending is not None:
+                fetch(*pending)
+                pending = None
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            last = step == total or out_of_time
+            checkpoint_now = step % config.checkpoint.every == 0 or last
+            if step % config.log.every == 0 or checkpoint_now:
+                pending = (step, metrics)
+            if checkpoint_now or step % config.eval.every == 0:
+                fetch(*pending)  # never checkpoint or evaluate a diverged state
+                pending = None
+            if step % config.eval.every == 0 or last:
+                one_copy = jax.device_put(strategy.get_state(state), strategy.devices[0])
+                run_eval(config, family, source, one_copy, eval_fn, jax.random.fold_in(eval_key, step),
+                         step, workdir, log)
+            if checkpoint_now:
+                checkpoints.save(step, strategy.get_state(state), {"step": step})
+            if out_of_time:
+                print(f"stopping at step {step}: train.time_limit_s={config.train.time_limit_s} reached",
+                      flush=True)
+                break
+    finally:
+        checkpoints.close()
+        log.close()
+    final = jax.device_get(strategy.get_state(state))
+    if (workdir / "metrics.jsonl").is_file():
+        from flaxgen import viz
+        viz.loss_curves(workdir / "metrics.jsonl", workdir / "loss_curves.png")
+    return {"state": final, "step": step, "metrics": last_metrics, "compile_s": compile_s,
+            "workdir": str(workdir)}
+
+
+def run_eval(config, family, source, state, eval_fn, key, step, workdir, log) -> dict:
+    from flaxgen.evaluation import mean_over_batches
+
+    metrics = mean_over_batches(eval_fn, state, source, key, config)
+    log.write(step, metrics, kind="eval")
+    if config.eval.pictures and family.pictures is not None:
+        family.pictures(state, source, key, Path(workdir) / "pictures", step)
+    return metrics
+
+
+def restore_state(workdir, config: Config | None = None):
+    """The latest checkpointed state of a workdir (one copy, on the first device)."""
+    from flaxgen.config import load_saved_config
+
+    config = config or load_saved_config(workdir)
+    experiment = Experiment.build(config)
+    abstract = jax.eval_shape(experiment.family.init, rng.stream(config.seed, "init"),
+                              experiment.source.example_batch())
+    checkpoints = Checkpointer(Path(workdir) / "checkpoints", use_async=False)
+    latest = checkpoints.latest_step()
+    if latest is None:
+        from flaxgen.training.checkpoint import CheckpointError
+        raise CheckpointError(f"no checkpoint in {Path(workdir) / 'checkpoints'}; run flaxgen train "
+                              f"--workdir {workdir} first")
+    state, _ = checkpoints.restore(latest, abstract_like(abstract))
+    checkpoints.close()
+    return experiment, state, latest

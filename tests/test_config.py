@@ -1,0 +1,50 @@
+import pytest
+
+from flaxgen.config import ConfigError, build_config, load_config
+from helpers import REPO
+
+
+def test_config_files_load_and_overrides_are_typed():
+    config = load_config(REPO / "configs/vae_mnist.py", ["optim.lr=3e-4", "train.steps=7",
+                                                         "data.name=fashion_mnist"])
+    assert config.optim.lr == 3e-4
+    assert config.train.steps == 7
+    assert config.data.name == "fashion_mnist"
+    assert config.model.latent_dim == 32
+
+
+def test_int_override_of_float_key_becomes_float():
+    config = load_config(REPO / "configs/vae_mnist.py", ["optim.lr=1"])
+    assert isinstance(config.optim.lr, float)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.latnet_dim=3", ["unknown config key 'model.latnet_dim'", "model.latent_dim"]),
+    ("optm.lr=1", ["unknown config key 'optm'", "optim"]),
+    ("train.steps=abc", ["train.steps", "int"]),
+    ("optim=3", ["section"]),
+    ("optim.lr", ["a.b=value"]),
+    ("parallel.strategy=ring", ["parallel.strategy", "mesh"]),
+])
+def test_bad_overrides_fail_in_one_line(override, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(REPO / "configs/vae_mnist.py", [override])
+    message = str(error.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_key_in_config_file_is_rejected():
+    with pytest.raises(ConfigError, match="unknown config key 'model.hiden'"):
+        build_config({"model": {"family": "vae", "hiden": 3}})
+
+
+def test_unknown_family_names_the_choices():
+    with pytest.raises(ConfigError, match="unknown model.family 'vea'.*vae"):
+        build_config({"model": {"family": "vea"}})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.py")))
+def test_every_shipped_config_is_valid(name):
+    load_config(REPO / "configs" / name)

@@ -1,0 +1,29 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxgen.models.layers import GemmConv, GemmConvTranspose
+
+
+@pytest.mark.parametrize("size, cin, cout, kernel, stride", [
+    (7, 64, 64, 3, 2), (14, 8, 4, 3, 2), (28, 4, 1, 3, 1), (5, 3, 4, 4, 2), (6, 3, 2, 5, 2), (9, 2, 3, 3, 3),
+])
+def test_gemm_layers_compute_flax_functions_and_gradients(size, cin, cout, kernel, stride):
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (2, size, size, cin))
+    pairs = [(nn.ConvTranspose(cout, (kernel, kernel), strides=(stride, stride), padding="SAME"),
+              GemmConvTranspose(cout, (kernel, kernel), strides=(stride, stride))),
+             (nn.Conv(cout, (kernel, kernel), strides=(stride, stride), padding="SAME"),
+              GemmConv(cout, (kernel, kernel), strides=(stride, stride)))]
+    for reference, ours in pairs:
+        params = reference.init(jax.random.key(1), x)
+        params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(key, p.shape), params)  # nonzero bias
+        expected, got = reference.apply(params, x), ours.apply(params, x)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+        loss = lambda module: jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), (0, 1))
+        grads_expected, grads_got = loss(reference)(params, x), loss(ours)(params, x)
+        for a, b in zip(jax.tree.leaves(grads_expected), jax.tree.leaves(grads_got)):
+            np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)

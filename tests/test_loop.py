@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flaxgen.training.checkpoint import CheckpointError
+from flaxgen.training.loop import TrainingDiverged, train
+from helpers import REPO, run_python, tiny_config, tree_equal, tree_max_diff
+
+
+def test_same_seed_twice_is_bitwise_identical_and_seed_matters(tmp_path, data_dir):
+    first = train(tiny_config("vae"), tmp_path / "a")
+    second = train(tiny_config("vae"), tmp_path / "b")
+    other = train(tiny_config("vae", seed=1), tmp_path / "c")
+    assert tree_equal(first["state"], second["state"])
+    assert first["metrics"]["loss"] == second["metrics"]["loss"]
+    assert not tree_equal(first["state"].params, other["state"].params)
+    lines = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("time", "steps_per_s")}
+                       for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert lines("a") == lines("b")
+
+
+def test_workdir_holds_config_metrics_tensorboard_checkpoints(tmp_path, data_dir):
+    train(tiny_config("vae", eval={"every": 10, "pictures": True}), tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["latent_dim"] == 4
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [5, 10, 15, 20]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20]
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
+    assert (tmp_path / "pictures" / "samples_0000020.png").is_file()
+    assert (tmp_path / "pictures" / "reconstructions_0000020.png").is_file()
+    assert (tmp_path / "loss_curves.png").is_file()
+
+
+def test_killed_run_resumes_bitwise(tmp_path, data_dir):
+    """SIGKILL a training process after its 2nd checkpoint, resume, compare to a straight run."""
+    total = 200
+    killed = tmp_path / "killed"
+    code = (f"from helpers import tiny_config\nfrom flaxgen.training.loop import train\n"
+            f"train(tiny_config('vae', train={{'steps': 1_000_000}}, checkpoint={{'every': 20}}), "
+            f"{str(killed)!r})\n")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    committed = []
+    deadline = time.time() + 300
+    while len(committed) < 2 and time.time() < deadline and process.poll() is None:
+        directory = killed / "checkpoints"
+        committed = [p for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(committed) >= 2, process.stderr.read().decode()[-2000:]
+
+    resumed = train(tiny_config("vae", train={"steps": total}, checkpoint={"every": 20}), killed)
+    straight = train(tiny_config("vae", train={"steps": total}, checkpoint={"every": 20}), tmp_path / "straight")
+    resumed_from = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()][0]
+    assert resumed["step"] == straight["step"] == total
+    assert tree_equal(resumed["state"], straight["state"])
+    assert resumed["metrics"]["loss"] == straight["metrics"]["loss"]
+    steps = [json.loads(l)["step"] for l in (killed / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["kind"] == "train"]
+    assert steps == sorted(set(steps)), "a resumed run must not duplicate metric records"
+    assert resumed_from["step"] == 5
+
+
+STRATEGIES_CODE = """
+import json, jax
+from helpers import tiny_config, tree_max_diff
+from flaxgen.training.loop import train
+assert jax.device_count() == 8
+runs = {}
+for name, devices in [("single", 1), ("mesh", 1), ("mesh", 2), ("mesh", 8), ("pmap", 2), ("pmap", 8)]:
+    config = tiny_config("vae", parallel={"strategy": name, "num_devices": devices},
+                         log={"every": 20, "tensorboard": False})
+    result = train(config, f"{WORK}/{name}{devices}")
+    runs[f"{name}{devices}"] = result
+reference = runs["single1"]
+print(json.dumps({k: [tree_max_diff(reference["state"].params, r["state"].params),
+                      abs(reference["metrics"]["loss"] - r["metrics"]["loss"])] for k, r in runs.items()}))
+"""
+
+
+def test_single_mesh_pmap_agree_on_1_2_8_devices(tmp_path, data_dir):
+    result = run_python(f"WORK = {str(tmp_path)!r}\n" + STRATEGIES_CODE, devices=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    differences = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(differences) == {"single1", "mesh1", "mesh2", "mesh8", "pmap2", "pmap8"}
+    for name, (params, loss) in differences.items():
+        assert params < 1e-5, (name, params)
+        assert loss < 1e-3, (name, loss)
+
+
+def test_batch_that_does_not_divide_is_a_clear_error_before_compiling(data_dir):
+    code = ("from helpers import tiny_config\nfrom flaxgen.training.loop import train\n"
+            "from flaxgen.config import ConfigError\n"
+            "try:\n    train(tiny_config('vae', data={'batch_size': 12}, parallel={'strategy': 'pmap'}), '/nonexistent/x')\n"
+            "except ConfigError as e:\n    print('ERR', e)\n")
+    result = run_python(code, devices=8)
+    assert "ERR global batch 12 does not divide across 8 devices" in result.stdout, result.stderr[-2000:]
+
+
+def test_nan_stops_the_run_with_a_clear_message_and_no_bad_checkpoint(tmp_path, data_dir):
+    with pytest.raises(TrainingDiverged, match="became nan at step 5; lower optim.lr"):
+        train(tiny_config("vae", optim={"lr": float("nan")}), tmp_path)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_one_survives(tmp_path, data_dir):
+    train(tiny_config("vae"), tmp_path)
+    latest = tmp_path / "checkpoints" / "20"
+    for path in (latest / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="checkpoints/20 cannot be restored.*move that directory away"):
+        train(tiny_config("vae", train={"steps": 30}), tmp_path)
+    assert (tmp_path / "checkpoints" / "10").is_dir()
+    latest.rename(tmp_path / "corrupt-20")
+    resumed = train(tiny_config("vae", train={"steps": 20}), tmp_path)
+    straight = train(tiny_config("vae", train={"steps": 20}), tmp_path / "straight")
+    assert tree_equal(resumed["state"], straight["state"])
+
+
+def test_gradient_accumulation_matches_the_big_batch(tmp_path, data_dir):
+    whole = train(tiny_config("autoencoder", train={"steps": 5}), tmp_path / "whole")
+    accumulated = train(tiny_config("autoencoder", train={"steps": 5}, optim={"accum_steps": 4}),
+                        tmp_path / "accumulated")
+    assert tree_max_diff(whole["state"].params, accumulated["state"].params) < 1e-5
