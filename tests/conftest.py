@@ -14,6 +14,11 @@ def _data_dir() -> Path | None:
     return shared if shared.is_dir() else None
 
 
+# Many tests compile the same tiny programs, in this process and in subprocesses: share them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "flaxgen-test-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 DATA_DIR = _data_dir()
 if DATA_DIR is not None:
     os.environ["FLAXGEN_DATA_DIR"] = str(DATA_DIR)

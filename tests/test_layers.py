@@ -20,10 +20,10 @@ def test_gemm_layers_compute_flax_functions_and_gradients(size, cin, cout, kerne
     for reference, ours in pairs:
         params = reference.init(jax.random.key(1), x)
         params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(key, p.shape), params)  # nonzero bias
-        expected, got = reference.apply(params, x), ours.apply(params, x)
+        expected, got = jax.jit(reference.apply)(params, x), jax.jit(ours.apply)(params, x)
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
-        loss = lambda module: jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), (0, 1))
+        loss = lambda module: jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), (0, 1)))
         grads_expected, grads_got = loss(reference)(params, x), loss(ours)(params, x)
         for a, b in zip(jax.tree.leaves(grads_expected), jax.tree.leaves(grads_got)):
             np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)

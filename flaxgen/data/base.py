@@ -37,11 +37,12 @@ class DataSource:
         raise NotImplementedError
 
     def example_batch(self) -> dict:
-        """A host batch with the global batch's shapes (for init and AOT compilation)."""
-        fn = jax.jit(self.batch)
+        """Zeros with the global batch's shapes and dtypes (for init), without compiling."""
         import jax.numpy as jnp
-        return jax.device_get(fn(self.arrays, self.epoch_inputs(0), jnp.int32(0),
-                                 jnp.arange(self.batch_size, dtype=jnp.uint32)))
+
+        shapes = jax.eval_shape(self.batch, self.arrays, self.epoch_inputs(0), jnp.int32(0),
+                                jnp.arange(self.batch_size, dtype=jnp.uint32))
+        return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
     def eval_batches(self, batch_size: int, max_batches: int | None = None) -> Iterator[dict]:
         """Fixed evaluation batches (same for every seed and run)."""

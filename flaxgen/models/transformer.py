@@ -72,16 +72,15 @@ class Attention(nn.Module):
                                              implementation=self.implementation)
             new_cache = None
         else:
-            # Write this chunk into its slots (rolling once full), then attend to every slot whose
-            # position is at or before the query's and within the last S positions.
+            # Write this chunk at its positions, then attend to every filled slot at or before the
+            # query's position (positions are < S: past the context, decoding re-reads a window).
             k_cache, v_cache, slot_pos_BxS = cache
-            S = k_cache.shape[1]
-            slots = positions_BxT[0] % S
+            slots = positions_BxT[0]
             k_cache = k_cache.at[:, slots].set(k_BxTxNxH.astype(k_cache.dtype))
             v_cache = v_cache.at[:, slots].set(v_BxTxNxH.astype(v_cache.dtype))
             slot_pos_BxS = slot_pos_BxS.at[:, slots].set(positions_BxT)
             q_pos, k_pos = positions_BxT[:, :, None], slot_pos_BxS[:, None, :]
-            mask_BxTxS = (k_pos >= 0) & (k_pos <= q_pos) & (k_pos > q_pos - S)
+            mask_BxTxS = (k_pos >= 0) & (k_pos <= q_pos)
             y = jax.nn.dot_product_attention(q_BxTxNxH, k_cache.astype(self.dtype),
                                              v_cache.astype(self.dtype), mask=mask_BxTxS[:, None],
                                              implementation="xla")
@@ -221,10 +220,10 @@ def generate(model: GPT, params, prompt_T, key, *, n: int, max_new_tokens: int, 
         return jax.random.categorical(step_key, filtered, -1).astype(jnp.int32)
 
     def next_logits(tokens_BxL, cache, pos):
-        """Logits after the token at `pos`: one cached step, or (learned positions past the
-        context) a forward pass over the last S tokens, as cropping the context does."""
+        """Logits after the token at `pos`: one cached step while inside the context; past it, a
+        forward pass over the last S tokens (the model sees a cropped context, as in training)."""
         cached = lambda: _cached_step(apply, tokens_BxL, cache, pos)
-        if model.rope:
+        if total <= S:
             return cached()
         def window():
             recent = jax.lax.dynamic_slice_in_dim(tokens_BxL, pos - S + 1, S, axis=1)

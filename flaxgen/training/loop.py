@@ -113,7 +113,7 @@ def train(config: Config, workdir, *, log_to_stdout: bool = True) -> dict:
 
     def fetch(step_done, metrics):
         nonlocal last_log, last_metrics
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = {k: float(v) for k, v in jax.device_get(strategy.one_copy(metrics)).items()}
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             good = checkpoints.latest_step()
@@ -146,11 +146,11 @@ def train(config: Config, workdir, *, log_to_stdout: bool = True) -> dict:
                 fetch(*pending)  # never checkpoint or evaluate a diverged state
                 pending = None
             if step % config.eval.every == 0 or last:
-                one_copy = jax.device_put(strategy.get_state(state), strategy.devices[0])
-                run_eval(config, family, source, one_copy, eval_fn, jax.random.fold_in(eval_key, step),
+                eval_state = jax.device_put(strategy.one_copy(state), strategy.devices[0])
+                run_eval(config, family, source, eval_state, eval_fn, jax.random.fold_in(eval_key, step),
                          step, workdir, log)
             if checkpoint_now:
-                checkpoints.save(step, strategy.get_state(state), {"step": step})
+                checkpoints.save(step, strategy.one_copy(state), {"step": step})
             if out_of_time:
                 print(f"stopping at step {step}: train.time_limit_s={config.train.time_limit_s} reached",
                       flush=True)
@@ -158,8 +158,8 @@ def train(config: Config, workdir, *, log_to_stdout: bool = True) -> dict:
     finally:
         checkpoints.close()
         log.close()
-    final = jax.device_get(strategy.get_state(state))
-    if (workdir / "metrics.jsonl").is_file():
+    final = jax.device_get(strategy.one_copy(state))
+    if config.eval.pictures and (workdir / "metrics.jsonl").is_file():
         from flaxgen import viz
         viz.loss_curves(workdir / "metrics.jsonl", workdir / "loss_curves.png")
     return {"state": final, "step": step, "metrics": last_metrics, "compile_s": compile_s,

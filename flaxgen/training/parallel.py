@@ -72,6 +72,9 @@ class Strategy:
     name: str
     devices: list
 
+    def __post_init__(self):
+        """Subclasses build their placement objects here (the dataclass __init__ calls it)."""
+
     @property
     def num_devices(self) -> int:
         return len(self.devices)
@@ -80,8 +83,8 @@ class Strategy:
     def put_state(self, state):
         raise NotImplementedError
 
-    def get_state(self, state):
-        """The state as one copy (what checkpoints and evaluation see)."""
+    def one_copy(self, state):
+        """One copy of a replicated tree (state or metrics): what checkpoints and logs see."""
         return state
 
     def put_replicated(self, tree):
@@ -126,11 +129,19 @@ class MeshStrategy(Strategy):
 class PmapStrategy(Strategy):
     """jax.pmap with explicit pmean; state and data carry a leading device axis."""
 
-    def put_state(self, state):
-        return jax.device_put_replicated(state, self.devices)
+    def __post_init__(self):
+        # pmap (jit + shard_map since jax 0.8) takes inputs sharded along that leading axis.
+        self.stacked = NamedSharding(Mesh(np.array(self.devices), (AXIS,)), P(AXIS))
 
-    def get_state(self, state):
-        return jax.tree.map(lambda x: x[0], state)
+    def put_state(self, state):
+        copies = self.num_devices
+        return jax.device_put(
+            jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (copies, *np.shape(x))), state),
+            self.stacked)
+
+    def one_copy(self, state):
+        """Device 0's copy, without gathering the others."""
+        return jax.tree.map(lambda x: x.addressable_shards[0].data[0], state)
 
     def wrap(self, fn, donate_state=True):
         size = self.num_devices
