@@ -72,40 +72,28 @@ def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return out.reshape(n, out_h, out_w, cout)
 
 
-class GemmConvTranspose(nn.Module):
-    """Drop-in for nn.ConvTranspose(features, kernel_size, strides, padding='SAME')."""
-
-    features: int
-    kernel_size: Sequence[int] = (3, 3)
-    strides: Sequence[int] = (2, 2)
-    use_bias: bool = True
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        y = conv_transpose_gemm(x, kernel, self.strides[0])
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return y
-
-
 class GemmConv(nn.Module):
-    """Drop-in for nn.Conv(features, kernel_size, strides, padding='SAME')."""
+    """Drop-in for nn.Conv (or, with transpose=True, nn.ConvTranspose) with padding='SAME'."""
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (2, 2)
+    transpose: bool = False
     use_bias: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        y = conv_gemm(x, kernel, self.strides[0])
+        op = conv_transpose_gemm if self.transpose else conv_gemm
+        y = op(x, kernel, self.strides[0])
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y
+
+
+def GemmConvTranspose(features, kernel_size=(3, 3), strides=(2, 2), **kwargs) -> GemmConv:
+    return GemmConv(features, kernel_size, strides, transpose=True, **kwargs)
 
 
 def conv_layers(fast: bool):
