@@ -40,6 +40,13 @@ def test_workdir_holds_config_metrics_tensorboard_checkpoints(tmp_path, data_dir
     assert (tmp_path / "loss_curves.png").is_file()
 
 
+def test_eval_and_checkpoint_steps_need_not_be_log_steps(tmp_path, data_dir):
+    train(tiny_config("vae", log={"every": 7}, eval={"every": 10}, checkpoint={"every": 15}), tmp_path)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [7, 10, 14, 15, 20]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20]
+
+
 def test_killed_run_resumes_bitwise(tmp_path, data_dir):
     """SIGKILL a training process after its 2nd checkpoint, resume, compare to a straight run."""
     total = 200

@@ -140,10 +140,12 @@ def train(config: Config, workdir, *, log_to_stdout: bool = True) -> dict:
             out_of_time = deadline is not None and time.perf_counter() > deadline
             last = step == total or out_of_time
             checkpoint_now = step % config.checkpoint.every == 0 or last
-            if step % config.log.every == 0 or checkpoint_now:
+            # never checkpoint or evaluate a diverged state: check this step's metrics first
+            sync_now = checkpoint_now or step % config.eval.every == 0
+            if step % config.log.every == 0 or sync_now:
                 pending = (step, metrics)
-            if checkpoint_now or step % config.eval.every == 0:
-                fetch(*pending)  # never checkpoint or evaluate a diverged state
+            if sync_now:
+                fetch(*pending)
                 pending = None
             if step % config.eval.every == 0 or last:
                 eval_state = jax.device_put(strategy.one_copy(state), strategy.devices[0])
