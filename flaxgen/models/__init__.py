@@ -39,7 +39,6 @@ class Family:
     evaluate: Optional[Callable] = None
     pictures: Optional[Callable] = None
     flops_per_example: Optional[Callable] = None
-    examples_key: str = "examples"     # what one row of a batch is called in reports
     tokens_per_example: int = 0        # >0 for sequence models: reports tokens/s
 
 

@@ -364,5 +364,5 @@ def make(config, info) -> Family:
         return per_token * model.block_size
 
     return Family("transformer", init, gradient_step(tx, loss_fn, config.optim.accum_steps), eval_step,
-                  sample, evaluate, pictures, flops_per_example, examples_key="sequences",
+                  sample, evaluate, pictures, flops_per_example,
                   tokens_per_example=model.block_size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -177,6 +177,3 @@ def make_strategy(name: str = "auto", num_devices: int | None = None,
         raise ConfigError(f"unknown parallel.strategy {name!r}; use auto, single, mesh or pmap")
     return cls(name=name, devices=devices)
 
-
-def tree_bytes(tree: Any) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
