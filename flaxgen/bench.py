@@ -21,7 +21,6 @@ import numpy as np
 
 from flaxgen import flops as flops_lib
 from flaxgen.config import ConfigError, build_config
-from flaxgen.training import parallel
 
 IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_examples": 4096}
 
@@ -94,9 +93,7 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
     strategy_obj = experiment.strategy
     state = strategy_obj.put_state(experiment.init_state())
     args = experiment.step_args(0)
-    start = time.perf_counter()
-    compiled = experiment.step_function().lower(state, args, np.int32(0)).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = experiment.compile_step(state, args, 0)
     xla_flops = _xla_flops(compiled, strategy_obj)
 
     box = {"state": state, "step": 0}

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxgen.training import rng
 
 
 def mean_over_batches(eval_fn, state, source, key, config, max_batches=None) -> dict:
@@ -52,12 +51,9 @@ def make_iw_log_weights(model, num_samples: int, chunk: int):
     return log_weights
 
 
-def vae_metrics(model, state, source, key, config) -> dict:
+def vae_metrics(model, eval_step, state, source, key, config) -> dict:
     """Test negative ELBO (nats) and the importance-weighted NLL estimate with k samples."""
-    from flaxgen.models.vae import make
-
-    family = make(config, source.info)
-    elbo = mean_over_batches(jax.jit(family.eval_step), state, source, key, config)
+    elbo = mean_over_batches(jax.jit(eval_step), state, source, key, config)
     k = config.eval.iw_samples
     log_weights = jax.jit(make_iw_log_weights(model, k, config.eval.iw_batch))
     nll_sum, count = 0.0, 0

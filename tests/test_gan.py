@@ -1,13 +1,12 @@
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from flaxgen.config import build_config
 from flaxgen.data import make_source
 from flaxgen.models import make_family
 from flaxgen.training import rng
 from flaxgen.training.loop import train
-from helpers import REPO, run_python, tree_equal
+from helpers import run_python, tree_equal
 
 
 def _ring_config(overrides=None, **model):

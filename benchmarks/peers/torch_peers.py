@@ -3,7 +3,6 @@ with `flaxgen bench --peers`. Each `make` returns [(name, run)] where run(steps)
 steps on synthetic data and returns seconds per step (ending in a synchronisation)."""
 from __future__ import annotations
 
-import math
 import time
 
 import torch

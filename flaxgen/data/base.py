@@ -8,7 +8,7 @@ indices), so the loop builds it inside the jitted step: no host work per step, a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np

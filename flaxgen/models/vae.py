@@ -161,7 +161,7 @@ def make(config, info) -> Family:
 
     def evaluate(state, source, key):
         from flaxgen import evaluation
-        return evaluation.vae_metrics(model, state, source, key, config)
+        return evaluation.vae_metrics(model, eval_step, state, source, key, config)
 
     def pictures(state, source, key, outdir, step):
         from flaxgen import viz
@@ -181,6 +181,5 @@ def make(config, info) -> Family:
             forward = conv_vae_flops(tuple(info["image_shape"]), latent, config.model.conv_dense)
         return 3 * forward if train else forward
 
-    family = Family("vae", init, gradient_step(tx, loss_fn, config.optim.accum_steps), eval_step,
-                    sample, evaluate, pictures, flops_per_example)
-    return family
+    return Family("vae", init, gradient_step(tx, loss_fn, config.optim.accum_steps), eval_step,
+                  sample, evaluate, pictures, flops_per_example)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flaxgen.config import Config, save_config
@@ -65,14 +64,21 @@ class Experiment:
 
         return strategy.wrap(fused)
 
-    def step_args(self, step: int, placed_arrays=None):
+    def step_args(self, step: int):
+        """(arrays, epoch inputs, train key) placed for the strategy: the step's second argument."""
         train_key = jax.random.key_data(rng.stream(self.config.seed, "train"))
-        arrays = placed_arrays if placed_arrays is not None else self.strategy.put_replicated(self.source.arrays)
-        return (arrays, self.strategy.put_replicated(self.source.epoch_inputs(step)),
+        return (self.strategy.put_replicated(self.source.arrays),
+                self.strategy.put_replicated(self.source.epoch_inputs(step)),
                 self.strategy.put_replicated(train_key))
 
+    def compile_step(self, state, args, step: int):
+        """The step compiled ahead of time for these placed inputs, and the seconds it took."""
+        start = time.perf_counter()
+        compiled = self.step_function().lower(state, args, np.int32(step)).compile()
+        return compiled, time.perf_counter() - start
 
-def train(config: Config, workdir, *, log_to_stdout: bool = True) -> dict:
+
+def train(config: Config, workdir) -> dict:
     """Train (or resume) in `workdir`. Returns the final state (one copy, on host) and figures."""
     workdir = Path(workdir)
     experiment = Experiment.build(config)
@@ -94,11 +100,8 @@ def train(config: Config, workdir, *, log_to_stdout: bool = True) -> dict:
     log = MetricsLog(workdir, total, start, config.log.tensorboard, config.log.progress)
 
     state = strategy.put_state(state)
-    placed_arrays = strategy.put_replicated(source.arrays)
-    args = experiment.step_args(start, placed_arrays)
-    compile_start = time.perf_counter()
-    step_fn = experiment.step_function().lower(state, args, np.int32(start)).compile()
-    compile_s = time.perf_counter() - compile_start
+    args = experiment.step_args(start)
+    step_fn, compile_s = experiment.compile_step(state, args, start)
     print(f"compiled the train step in {compile_s:.2f}s ({strategy.name}, "
           f"{strategy.num_devices} device(s)); training steps {start}..{total}", flush=True)
 
