@@ -28,7 +28,7 @@ def _log_normal(z, mean, logvar):
 
 def make_iw_log_weights(model, num_samples: int, chunk: int):
     """log p(x, z_k) - log q(z_k | x) for k samples, in chunks so memory stays bounded."""
-    from flaxgen.models.vae import bernoulli_log_likelihood
+    from flaxgen.models.losses import bernoulli_nats
 
     if num_samples % chunk:
         chunk = math.gcd(num_samples, chunk)
@@ -41,7 +41,7 @@ def make_iw_log_weights(model, num_samples: int, chunk: int):
             z = mean + jnp.exp(0.5 * logvar) * eps                  # (chunk, B, Z)
             logits = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
             x_rep = jnp.broadcast_to(x, (chunk, *x.shape)).reshape(-1, *x.shape[1:])
-            log_lik = bernoulli_log_likelihood(logits, x_rep).reshape(chunk, -1)
+            log_lik = -bernoulli_nats(logits, x_rep).reshape(chunk, -1)
             log_prior = _log_normal(z, 0.0, jnp.zeros_like(z))
             return log_lik + log_prior - _log_normal(z, mean, logvar)
 

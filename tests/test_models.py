@@ -5,7 +5,8 @@ import pytest
 
 from flaxgen.data import make_source
 from flaxgen.models import make_family
-from flaxgen.models.vae import bernoulli_log_likelihood, gaussian_kl
+from flaxgen.models.losses import bernoulli_nats
+from flaxgen.models.vae import gaussian_kl
 from flaxgen.training import rng
 from helpers import tiny_config
 
@@ -40,11 +41,16 @@ def test_gaussian_kl_matches_monte_carlo():
     np.testing.assert_allclose(gaussian_kl(mean, logvar)[0], jnp.mean(log_q - log_p), rtol=2e-2)
 
 
-def test_bernoulli_log_likelihood_is_the_log_probability():
-    logits = jnp.array([[[[2.0]], [[-1.0]]]])  # (1, 2, 1, 1)
-    x = jnp.array([[[[1.0]], [[0.0]]]])
-    expected = np.log(1 / (1 + np.exp(-2.0))) + np.log(1 - 1 / (1 + np.exp(1.0)))
-    np.testing.assert_allclose(bernoulli_log_likelihood(logits, x)[0], expected, rtol=1e-6)
+def test_bernoulli_nats_is_the_negative_log_probability_and_stable():
+    logits = jnp.array([[[[2.0]], [[-1.0]]], [[[80.0]], [[-80.0]]]])  # (2, 2, 1, 1)
+    x = jnp.array([[[[1.0]], [[0.0]]], [[[0.0]], [[1.0]]]])
+    expected = -(np.log(1 / (1 + np.exp(-2.0))) + np.log(1 - 1 / (1 + np.exp(1.0))))
+    nats = bernoulli_nats(logits, x)
+    np.testing.assert_allclose(nats[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(nats[1], 160.0, rtol=1e-6)   # no overflow at large |logit|
+    # the gradient is sigmoid(logit) - x, as for optax's form
+    grad = jax.grad(lambda l: bernoulli_nats(l, x).sum())(logits)
+    np.testing.assert_allclose(grad, jax.nn.sigmoid(logits) - x, atol=1e-6)
 
 
 def test_naive_bayes_counts_and_exact_nll(data_dir):

@@ -116,3 +116,18 @@ def test_gpt2_init_scales_residual_projections():
     block = params["blocks_0"]
     assert abs(float(jnp.std(block["Dense_0"]["kernel"])) - 0.02) < 0.003
     assert abs(float(jnp.std(block["Dense_1"]["kernel"])) - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8)
+
+
+def test_einsum_attention_matches_jax_dot_product_attention_values_and_grads():
+    from flaxgen.models.transformer import einsum_causal_attention
+
+    q, k, v = (jax.random.normal(key, (3, 10, 2, 8)) for key in jax.random.split(jax.random.key(0), 3))
+    reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    np.testing.assert_allclose(einsum_causal_attention(q, k, v), reference(q, k, v), atol=1e-5)
+    loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * jnp.cos(v))
+    ours = jax.grad(loss(einsum_causal_attention), argnums=(0, 1, 2))(q, k, v)
+    theirs = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # the first query sees only the first key: its output is exactly v[:, 0]
+    np.testing.assert_allclose(einsum_causal_attention(q, k, v)[:, 0], v[:, 0], atol=1e-6)

@@ -28,7 +28,7 @@ class Family:
     sample(state, key, n, **options) -> outputs    pure where possible
     evaluate(state, source, key) -> dict           the family's full test metrics (flaxgen eval)
     pictures(state, source, key, outdir, step)     PNGs written at each eval
-    flops_per_example(train: bool) -> float        analytic FLOPs, for MFU
+    flops_per_example(train: bool) -> float | None analytic FLOPs for MFU (None: use XLA's count)
     """
 
     name: str

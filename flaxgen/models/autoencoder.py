@@ -6,9 +6,9 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from flaxgen.models import Family
+from flaxgen.models.losses import bernoulli_nats
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
 
 
@@ -34,11 +34,6 @@ class Autoencoder(nn.Module):
         return self.decode_logits(self.encode(x_BxHxWxC))
 
 
-def reconstruction_nats(logits, x):
-    """Summed binary cross-entropy per example (nats per image)."""
-    return optax.sigmoid_binary_cross_entropy(logits, x).reshape(x.shape[0], -1).sum(-1)
-
-
 def make(config, info) -> Family:
     model = Autoencoder(config.model.code_dim, tuple(info["image_shape"]))
     tx = make_optimizer(config.optim, config.train.steps)
@@ -48,7 +43,7 @@ def make(config, info) -> Family:
         return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
 
     def loss_fn(params, batch, key, indices):
-        nats = reconstruction_nats(model.apply({"params": params}, batch["image"]), batch["image"])
+        nats = bernoulli_nats(model.apply({"params": params}, batch["image"]), batch["image"])
         return nats.mean(), {}
 
     def eval_step(state, batch, key):

@@ -42,12 +42,15 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
     # One 2-D matmul for all taps (XLA:CPU is slow on multi-axis contractions).
     wide = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
     taps = (x.reshape(n * h * w, cin) @ wide).reshape(n, h, w, kh * kw, cout)
+    # split, not per-tap indexing: the gradient of a split is one concatenate, while each
+    # index's gradient is a zero-padded copy of the whole tap array (taps^2 memory traffic).
+    taps = [t[:, :, :, 0, :] for t in jnp.split(taps, kh * kw, axis=3)]
     phases = {}
     for ty in range(kh):
         qy, ry = divmod(pad_h - ty, stride)
         for tx in range(kw):
             qx, rx = divmod(pad_w - tx, stride)
-            contribution = _shift(taps[:, :, :, ty * kw + tx, :], qy, qx)
+            contribution = _shift(taps[ty * kw + tx], qy, qx)
             phases[ry, rx] = phases[ry, rx] + contribution if (ry, rx) in phases else contribution
     zero = jnp.zeros((n, h, w, cout), x.dtype)
     stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], 3)

@@ -7,10 +7,10 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from flaxgen.models import Family
 from flaxgen.models.layers import conv_layers
+from flaxgen.models.losses import bernoulli_nats
 from flaxgen.training import rng
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
 
@@ -98,10 +98,6 @@ class VAE(nn.Module):
         return self.decoder(z)
 
 
-def bernoulli_log_likelihood(logits, x):
-    return -optax.sigmoid_binary_cross_entropy(logits, x).reshape(x.shape[0], -1).sum(-1)
-
-
 def gaussian_kl(mean, logvar):
     """KL(N(mean, exp(logvar)) || N(0, 1)) per example."""
     return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
@@ -130,7 +126,7 @@ def make(config, info) -> Family:
 
     def elbo_terms(params, x, eps):
         logits, mean, logvar = model.apply({"params": params}, x, eps)
-        return bernoulli_log_likelihood(logits, x), gaussian_kl(mean, logvar)
+        return -bernoulli_nats(logits, x), gaussian_kl(mean, logvar)
 
     def init(key, batch):
         x = batch["image"]
