@@ -9,8 +9,8 @@ def get_config():
         "data": {"name": "ring8", "batch_size": 256, "eval_batch_size": 2500},
         "optim": {"name": "adam", "lr": 1e-3, "b1": 0.5, "b2": 0.999},
         "optim_d": {"lr": 1e-3, "b1": 0.5, "b2": 0.999},
-        "train": {"steps": 10_000},
-        "eval": {"every": 2_500, "batches": 1},
-        "checkpoint": {"every": 2_500},
+        "train": {"steps": 20_000},
+        "eval": {"every": 5_000, "batches": 1},
+        "checkpoint": {"every": 5_000},
         "log": {"every": 500},
     }

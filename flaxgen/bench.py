@@ -310,17 +310,30 @@ def main(argv: list[str] | None = None) -> list[Result]:
     return results
 
 
+PEER_MODULES = ("torch_peers", "keras_peers")
+
+
+def _peers_for(model, batch, dtype) -> list:
+    """[(name, run)] from every peer module that imports (each needs its framework installed)."""
+    import importlib
+
+    sys.path.insert(0, str(Path.cwd()))
+    found = []
+    for module_name in PEER_MODULES:
+        try:
+            module = importlib.import_module(f"benchmarks.peers.{module_name}")
+        except ImportError as error:
+            print(f"peers from {module_name} skipped: {error} (run from the repository root, with "
+                  f"pip install 'flaxgen[peers]')", flush=True)
+            continue
+        found += module.make(model, batch, dtype)
+    return found
+
+
 def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats) -> list[dict]:
-    """A/B interleaved repeats of our step and each PyTorch peer's; the ratio per pair."""
-    try:
-        sys.path.insert(0, str(Path.cwd()))
-        from benchmarks.peers import torch_peers
-    except ImportError as error:
-        print(f"peers skipped: {error} (run from the repository root, with pip install 'flaxgen[peers]')",
-              flush=True)
-        return []
+    """A/B interleaved repeats of our step and each peer's; the ratio per pair."""
     rows = []
-    for name, peer_run in torch_peers.make(model, batch, dtype):
+    for name, peer_run in _peers_for(model, batch, dtype):
         steps = max(2, int(round(0.4 / max(flaxgen_run(2), 1e-6))))
         peer_steps = max(2, int(round(0.4 / max(peer_run(2), 1e-6))))
         ours, theirs = [], []
