@@ -317,7 +317,9 @@ def _peers_for(model, batch, dtype) -> list:
     """[(name, run)] from every peer module that imports (each needs its framework installed)."""
     import importlib
 
-    sys.path.insert(0, str(Path.cwd()))
+    root = str(Path.cwd())   # benchmarks/ is a folder of the checkout, not an installed package
+    if root not in sys.path:
+        sys.path.insert(0, root)
     found = []
     for module_name in PEER_MODULES:
         try:

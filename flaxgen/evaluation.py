@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-
 def mean_over_batches(eval_fn, state, source, key, config, max_batches=None) -> dict:
     """Mean of per-batch metrics over the eval set (batches are equal-sized)."""
     totals, count = {}, 0
