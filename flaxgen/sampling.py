@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ def sample_to_outputs(args) -> str:
     from flaxgen.training.loop import restore_state
 
     config = load_saved_config(args.workdir)
-    experiment, state, step = restore_state(args.workdir, config)
+    experiment, state, step = restore_state(args.workdir, config, need_data=False)
     seed = config.seed if args.seed is None else args.seed
     key = rng.stream(seed, "sample")
     if args.n < 1:
@@ -28,7 +29,15 @@ def sample_to_outputs(args) -> str:
         raise ValueError(f"{experiment.family.name} models take no --{unknown[0].replace('_', '-')}")
     if "workdir" in accepted:
         options["workdir"] = args.workdir
+    timings = {} if "timings" in accepted else None
+    if timings is not None:
+        options["timings"] = timings
     outputs = experiment.family.sample(state, key, args.n, **options)
+    if timings:
+        print(f"decoded {timings['decoded_tokens']} tokens ({args.n} x "
+              f"{timings['decoded_tokens'] // args.n}) in {timings['decode_s']:.3f} s: "
+              f"{timings['decoded_tokens'] / timings['decode_s']:.0f} tokens/s "
+              f"(compile {timings['compile_s']:.1f} s apart)", file=sys.stderr)
     if isinstance(outputs, (list, str)):
         return "\n".join(outputs) if isinstance(outputs, list) else outputs
     outputs = np.asarray(jax.device_get(outputs))

@@ -56,3 +56,35 @@ def test_sample_rejects_text_options_for_image_models(tmp_path, capsys, data_dir
 def test_eval_of_a_missing_workdir_says_what_to_do(tmp_path, capsys):
     assert main(["eval", "--workdir", str(tmp_path / "nothing")]) == 2
     assert "flaxgen train writes it" in capsys.readouterr().err
+
+
+TINY_CHAR_GPT = ("{'model': {'family': 'transformer', 'n_layer': 1, 'n_head': 2, 'd_model': 32},"
+                 " 'data': {'name': 'tiny_shakespeare', 'tokenizer': 'char', 'block_size': 16, 'batch_size': 4},"
+                 " 'train': {'steps': 10}, 'eval': {'every': 10, 'batches': 1, 'pictures': False},"
+                 " 'checkpoint': {'every': 10}, 'log': {'every': 5, 'progress': False}}")
+
+
+def test_sampling_needs_only_the_workdir_and_reports_tokens_per_second(tmp_path, capsys, data_dir,
+                                                                       monkeypatch):
+    text_run, image_run = str(tmp_path / "text"), str(tmp_path / "image")
+    assert main(["train", "--config", _tiny_config_file(tmp_path, TINY_CHAR_GPT), "--workdir", text_run]) == 0
+    assert main(["train", "--config", _tiny_config_file(tmp_path, TINY_VAE), "--workdir", image_run,
+                 "--config.train.steps=10", "--config.checkpoint.every=10"]) == 0
+    capsys.readouterr()
+    # The datasets are gone: only the workdirs are left.
+    monkeypatch.setenv("FLAXGEN_DATA_DIR", str(tmp_path / "no-data-here"))
+    assert main(["sample", "--workdir", text_run, "--prompt", "ROMEO:", "--n", "2",
+                 "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    # Two greedy samples, each the prompt and 12 characters (which may themselves be newlines).
+    length = len("ROMEO:") + 12
+    assert len(captured.out) == 2 * (length + 1)
+    first, second = captured.out[:length], captured.out[length + 1:-1]
+    assert first == second and first.startswith("ROMEO:")
+    assert "decoded 24 tokens (2 x 12)" in captured.err and "tokens/s" in captured.err
+    out = tmp_path / "vae.png"
+    assert main(["sample", "--workdir", image_run, "--n", "4", "--out", str(out)]) == 0
+    assert np.asarray(Image.open(out)).std() > 0
+    # Evaluation does need the data, and says how to get it.
+    assert main(["eval", "--workdir", image_run]) == 2
+    assert "flaxgen data prepare mnist" in capsys.readouterr().err

@@ -49,16 +49,28 @@ class DataSource:
         return iter(())
 
     def metadata(self) -> dict:
-        """JSON-able facts saved into the workdir (e.g. a tokenizer)."""
+        """JSON-able facts saved into the workdir (e.g. a tokenizer, the image shape), enough to
+        rebuild the model without the dataset (see `stand_in`)."""
         return {}
 
+    @classmethod
+    def stand_in(cls, config, metadata: dict) -> "DataSource":
+        """A source with a trained run's shapes and vocabulary but none of its data: sampling a
+        workdir must not need the dataset it was trained on."""
+        raise NotImplementedError
 
-def make_source(config, train: bool = True) -> DataSource:
+
+def make_source(config, metadata: dict | None = None) -> DataSource:
+    """The configured source; with a workdir's saved `metadata`, a dataset-free stand-in."""
     from flaxgen.data import images, mixtures, text
 
     name = config.data.name
     if name in mixtures.MIXTURES:
         return mixtures.MixtureSource.from_config(config)
+    if metadata and name in text.TEXT_DATASETS and "tokenizer" in metadata:
+        return text.TextSource.stand_in(config, metadata)
+    if metadata and "image_shape" in metadata:
+        return images.ImageSource.stand_in(config, metadata)
     if name in ("synthetic_images",):
         return images.ImageSource.synthetic(config)
     if name in ("synthetic_tokens",):

@@ -68,6 +68,18 @@ class ImageSource(DataSource):
                    dynamic_binarize=config.data.binarize == "dynamic",
                    eval_images=eval_images, eval_labels=eval_labels)
 
+    @classmethod
+    def stand_in(cls, config, metadata: dict) -> "ImageSource":
+        blank_images = np.zeros((config.data.batch_size, *metadata["image_shape"]), np.uint8)
+        blank_labels = np.zeros(config.data.batch_size, np.int32)
+        source = cls._build(config, blank_images, blank_labels, blank_images, blank_labels)
+        source.info.update(num_classes=metadata["num_classes"], num_train=metadata["num_train"])
+        return source
+
+    def metadata(self) -> dict:
+        return {"image_shape": list(self.info["image_shape"]), "num_classes": self.info["num_classes"],
+                "num_train": self.info["num_train"]}
+
     def epoch_inputs(self, step: int) -> dict:
         epoch = step // self.steps_per_epoch
         if getattr(self, "_cached_epoch", None) != epoch:

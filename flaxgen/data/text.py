@@ -92,6 +92,12 @@ class TextSource(DataSource):
         return cls._build(config, tokens, tokens[: count // 4], None, config.data.vocab_size)
 
     @classmethod
+    def stand_in(cls, config, metadata: dict) -> "TextSource":
+        tokenizer = Tokenizer.from_json(metadata["tokenizer"])
+        blank = np.zeros(2 * config.data.block_size + 4, np.int32)
+        return cls._build(config, blank, blank, tokenizer)
+
+    @classmethod
     def _build(cls, config, tokens, eval_tokens, tokenizer, vocab_size=None) -> "TextSource":
         block = config.data.block_size
         if len(tokens) <= block + 1 or len(eval_tokens) <= block + 1:

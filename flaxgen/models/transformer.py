@@ -8,6 +8,7 @@ H head size, V padded vocabulary, L layers.
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 
 import flax.linen as nn
@@ -347,8 +348,9 @@ def make(config, info) -> Family:
 
     def sample(state, key, n: int = 1, prompt: str | None = None, max_new_tokens: int = 200,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               stop: str | None = None):
-        """n continuations of `prompt` as strings (prompt included)."""
+               stop: str | None = None, timings: dict | None = None):
+        """n continuations of `prompt` as strings (prompt included). A `timings` dict is filled
+        with compile_s, decode_s and decoded_tokens (all rows, up to the last row's stop)."""
         prompt_tokens = encode_prompt(prompt)
         if len(prompt_tokens) >= model.block_size:
             raise ValueError(f"the prompt is {len(prompt_tokens)} tokens but the model's context is "
@@ -358,9 +360,20 @@ def make(config, info) -> Family:
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
         stop_tokens = tuple(int(t) for t in encode_prompt(stop)) if stop else ()
-        tokens, lengths = generate_jit(state.params, jnp.asarray(prompt_tokens), key, n=n,
-                                       max_new_tokens=max_new_tokens, temperature=float(temperature),
-                                       top_k=top_k, top_p=top_p, stop_tokens=stop_tokens)
+        args = (state.params, jnp.asarray(prompt_tokens), key)
+        options = dict(n=n, max_new_tokens=max_new_tokens, temperature=float(temperature),
+                       top_k=top_k, top_p=top_p, stop_tokens=stop_tokens)
+        if timings is None:
+            tokens, lengths = generate_jit(*args, **options)
+        else:
+            # Compiled apart so that the decode time excludes compilation.
+            start = time.perf_counter()
+            compiled = generate_jit.lower(*args, **options).compile()
+            timings["compile_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            tokens, lengths = jax.block_until_ready(compiled(*args))
+            timings["decode_s"] = time.perf_counter() - start
+            timings["decoded_tokens"] = n * (int(np.max(lengths)) - len(prompt_tokens))
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
         return [decode_text(row[:length]) for row, length in zip(tokens, lengths)]
 

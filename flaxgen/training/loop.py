@@ -33,14 +33,15 @@ class Experiment:
     strategy: parallel.Strategy
 
     @classmethod
-    def build(cls, config: Config) -> "Experiment":
+    def build(cls, config: Config, data_metadata: dict | None = None) -> "Experiment":
+        """`data_metadata` (a workdir's data.json) builds the model without its dataset."""
         strategy = parallel.make_strategy(config.parallel.strategy, config.parallel.num_devices,
                                           config.data.batch_size)
         if config.optim.accum_steps > 1 and (config.data.batch_size // strategy.num_devices) % config.optim.accum_steps:
             from flaxgen.config import ConfigError
             raise ConfigError(f"per-device batch {config.data.batch_size // strategy.num_devices} does "
                               f"not divide into optim.accum_steps={config.optim.accum_steps} micro-batches")
-        source = make_source(config)
+        source = make_source(config, data_metadata)
         family = make_family(config, source.info)
         return cls(config, source, family, strategy)
 
@@ -181,12 +182,16 @@ def run_eval(config, family, source, state, eval_fn, key, step, workdir, log) ->
     return metrics
 
 
-def restore_state(workdir, config: Config | None = None):
-    """The latest checkpointed state of a workdir (one copy, on the first device)."""
+def restore_state(workdir, config: Config | None = None, need_data: bool = True):
+    """The latest checkpointed state of a workdir (one copy, on the first device). Without
+    `need_data` the source is a stand-in built from the workdir's data.json, so no dataset is read."""
     from flaxgen.config import load_saved_config
 
     config = config or load_saved_config(workdir)
-    experiment = Experiment.build(config)
+    data_metadata = None
+    if not need_data and (Path(workdir) / "data.json").is_file():
+        data_metadata = json.loads((Path(workdir) / "data.json").read_text())
+    experiment = Experiment.build(config, data_metadata)
     abstract = jax.eval_shape(experiment.family.init, rng.stream(config.seed, "init"),
                               experiment.source.example_batch())
     checkpoints = Checkpointer(Path(workdir) / "checkpoints", use_async=False)
