@@ -55,7 +55,8 @@ class GPT(nn.Module):
         return self.norm(x) @ self.embed.weight.T
 
 
-def gpt_step(batch, device, compiled, vocab=128, block=64, layers=4, heads=4, d=128, dtype=torch.float32):
+def gpt_step(batch, device, compiled, micro_batches=1, vocab=128, block=64, layers=4, heads=4, d=128,
+             dtype=torch.float32):
     model = GPT(vocab, block, layers, heads, d).to(device)
     forward = torch.compile(model) if compiled else model
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -68,11 +69,12 @@ def gpt_step(batch, device, compiled, vocab=128, block=64, layers=4, heads=4, d=
     def step():
         starts = torch.randint(0, data.numel() - block - 1, (batch,), device=device, generator=generator)
         window = data[starts[:, None] + torch.arange(block + 1, device=device)]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = forward(window[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, vocab), window[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for part in window.chunk(micro_batches):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = forward(part[:, :-1])
+            loss = F.cross_entropy(logits.float().reshape(-1, vocab), part[:, 1:].reshape(-1))
+            (loss / micro_batches).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     return step
@@ -101,7 +103,7 @@ class ConvVAE(nn.Module):
         return (recon + kl).mean()
 
 
-def conv_vae_step(batch, device, compiled):
+def conv_vae_step(batch, device, compiled, micro_batches=1):
     model = ConvVAE().to(device)
     loss_fn = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -110,9 +112,9 @@ def conv_vae_step(batch, device, compiled):
 
     def step():
         x = data[torch.randint(0, data.shape[0], (batch,), device=device, generator=generator)]
-        loss = loss_fn(x)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for part in x.chunk(micro_batches):
+            (loss_fn(part) / micro_batches).backward()
         optimizer.step()
     return step
 
@@ -182,18 +184,26 @@ def dcgan_step(batch, device, compiled, latent=64, r1_gamma=1.0):
 
 
 STEPS = {"gpt_cpu": gpt_step, "conv_vae": conv_vae_step, "dcgan": dcgan_step}
+MICRO_BATCHED = ("gpt_cpu", "conv_vae")
 
 
-def make(model: str, batch: int, dtype: str = "float32"):
+def make(model: str, batch: int, dtype: str = "float32", micro_batches: int = 1):
+    """Eager and torch.compile on the whole batch; with micro_batches > 1, eager split the same
+    way as our step too."""
     if model not in STEPS:
         return []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
+    variants = [(False, 1), (True, 1)] + ([(False, micro_batches)] if micro_batches > 1 else [])
     peers = []
-    for compiled in (False, True):
+    for compiled, micro in variants:
         name = f"torch {torch.__version__.split('+')[0]} {'compile' if compiled else 'eager'}"
+        if micro > 1:
+            name += f" {micro}x{batch // micro}"
         try:
             kwargs = {"dtype": torch.bfloat16} if (model == "gpt_cpu" and dtype == "bfloat16") else {}
+            if model in MICRO_BATCHED:
+                kwargs["micro_batches"] = micro
             run = _timed(STEPS[model](batch, device, compiled, **kwargs), device)
             run(2)  # compile / warm up here, so a failure is caught now
         except Exception as error:  # torch.compile needs a working C++ toolchain; say so, go on

@@ -1,0 +1,34 @@
+import json
+
+import pytest
+
+from flaxgen import bench
+from flaxgen.cli import main
+
+
+def test_cpu_micro_batches_split_the_per_device_batch():
+    assert bench.micro_batches("conv_vae", 128, "single", None) == 4
+    assert bench.micro_batches("gpt_cpu", 12, "single", None) == 2
+    assert bench.micro_batches("gpt_cpu", 48, "mesh", 2) == 4     # 24 per device, in 6s
+    assert bench.micro_batches("gpt_cpu", 14, "single", None) == 1  # does not divide: whole
+    assert bench.micro_batches("conv_vae", 32, "single", None) == 1
+    assert bench.micro_batches("autoencoder", 256, "single", None) == 1
+
+
+@pytest.mark.parametrize("model, batch, micro", [("autoencoder", 32, 1), ("gpt_cpu", 12, 2)])
+def test_bench_writes_a_table_json_and_report_and_counts_flops_twice(tmp_path, capsys, model, batch, micro):
+    out = tmp_path / "results"
+    assert main(["bench", "--models", model, "--batch-sizes", str(batch), "--repeats", "2",
+                 "--steps", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{model:<12}single" in printed
+    data = json.loads((out / "results.json").read_text())
+    (result,) = data["results"]
+    assert result["model"] == model and result["batch"] == batch and result["micro_batches"] == micro
+    assert result["step_ms_min"] <= result["step_ms_median"] <= result["step_ms_max"]
+    assert result["repeats"] == 2 and result["steps_per_repeat"] == 2
+    # XLA's count of the whole step (not one micro-batch) agrees with the formula where one exists.
+    if result["flops_per_step"]:
+        assert abs(result["xla_flops_per_step"] / result["flops_per_step"] - 1) < 0.2
+    assert 0 < result["mfu"] < 1
+    assert (out / "README.md").is_file() and (out / "scaling.png").stat().st_size > 0
