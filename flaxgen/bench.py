@@ -260,7 +260,10 @@ def write_report(results, peers, meta, out_dir: Path) -> None:
     lines = [f"# flaxgen bench: {meta['device']}", "", f"Command: `{meta['command']}`", "",
              f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU: "
              f"{meta['peak_tflops']:.3f} TFLOP/s per device ({meta['peak_source']}).", "",
-             "```", format_table(results), "```", ""]
+             "```", format_table(results), "```", "",
+             "`micro`: the step runs its batch as that many micro-batches (a scan; the same "
+             "gradient), on CPU only (benchmarks/README.md, item 6). A peer named `eager AxB` "
+             "splits its batch the same way.", ""]
     if peers:
         lines += ["## Side by side with peers (interleaved A/B, same batch and dtype)", "",
                   "| model | batch | flaxgen ms/step | peer | peer ms/step | flaxgen/peer steps/s |",
