@@ -152,7 +152,9 @@ def summarise(model, strategy_obj, batch, config, compile_s, times, steps, analy
     dtype = config.model.get("dtype", "float32")
     flops_per_step = analytic or xla_flops
     achieved = flops_per_step / median if flops_per_step else None
-    total_peak = peak_flops * strategy_obj.num_devices if peak_flops else None
+    # Host devices share the machine's cores, and the CPU probe measured all of them.
+    devices_with_own_peak = 1 if device.platform == "cpu" else strategy_obj.num_devices
+    total_peak = peak_flops * devices_with_own_peak if peak_flops else None
     return Result(
         model=model, strategy=strategy_obj.name, devices=strategy_obj.num_devices, batch=batch, dtype=dtype,
         compile_s=round(compile_s, 3), step_ms_median=median * 1e3, step_ms_min=min(times) * 1e3,
@@ -174,8 +176,9 @@ def _xla_flops(compiled, strategy_obj) -> float | None:
     value = analysis.get("flops") if analysis else None
     if value is None:
         return None
-    # pmap reports one replica's program; jit over a mesh reports the whole computation.
-    return float(value) * (strategy_obj.num_devices if strategy_obj.name == "pmap" else 1)
+    # Both pmap and jit over a mesh report one device's program (jax 0.10: a GPT step over 4
+    # host devices counts a quarter of the single-device FLOPs); the table shows the whole step.
+    return float(value) * strategy_obj.num_devices
 
 
 def _peak_memory_mb(device) -> float | None:
@@ -190,10 +193,10 @@ def _peak_memory_mb(device) -> float | None:
 def peak_for(device, dtype: str) -> tuple[float | None, str]:
     table = flops_lib.device_peak_flops(device, dtype)
     if table:
-        return table, f"{device.device_kind} {dtype} spec sheet"
+        return table, f"per device, {device.device_kind} {dtype} spec sheet"
     if device.platform == "cpu":
         probe = flops_lib.measure_matmul_peak(device=device)
-        return probe, "f32 1024^3 matmul probe, this run"
+        return probe, "the machine's: f32 1024^3 matmul probe, this run; host devices share it"
     return None, "unknown device"
 
 
@@ -259,7 +262,7 @@ def write_report(results, peers, meta, out_dir: Path) -> None:
     plot_sweep(results, out_dir / "scaling.png")
     lines = [f"# flaxgen bench: {meta['device']}", "", f"Command: `{meta['command']}`", "",
              f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU: "
-             f"{meta['peak_tflops']:.3f} TFLOP/s per device ({meta['peak_source']}).", "",
+             f"{meta['peak_tflops']:.3f} TFLOP/s ({meta['peak_source']}).", "",
              "```", format_table(results), "```", "",
              "`micro`: the step runs its batch as that many micro-batches (a scan; the same "
              "gradient), on CPU only (benchmarks/README.md, item 6). A peer named `eager AxB` "
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     dtype = args.dtype or ("bfloat16" if device.platform == "gpu" else "float32")
     peak, peak_source = peak_for(device, dtype)
     print(f"flaxgen bench on {device_label()} ({device.device_kind}); MFU peak {peak / 1e12:.3f} TFLOP/s "
-          f"per device ({peak_source})", flush=True)
+          f"({peak_source})", flush=True)
     results, peers = [], []
     for model in models:
         batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]

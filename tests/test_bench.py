@@ -32,3 +32,17 @@ def test_bench_writes_a_table_json_and_report_and_counts_flops_twice(tmp_path, c
         assert abs(result["xla_flops_per_step"] / result["flops_per_step"] - 1) < 0.2
     assert 0 < result["mfu"] < 1
     assert (out / "README.md").is_file() and (out / "scaling.png").stat().st_size > 0
+
+
+def test_xla_flops_count_the_whole_step_on_every_strategy():
+    class Compiled:
+        def cost_analysis(self):
+            return {"flops": 10.0}   # what XLA reports: one device's program
+
+    class Strategy:
+        def __init__(self, name, num_devices):
+            self.name, self.num_devices = name, num_devices
+
+    assert bench._xla_flops(Compiled(), Strategy("single", 1)) == 10.0
+    assert bench._xla_flops(Compiled(), Strategy("mesh", 4)) == 40.0
+    assert bench._xla_flops(Compiled(), Strategy("pmap", 4)) == 40.0
