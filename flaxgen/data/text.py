@@ -1,7 +1,6 @@
 """Text: tiny_shakespeare through TFDS, char- or byte-level tokens, random contiguous windows."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -127,15 +126,3 @@ class TextSource(DataSource):
 
     def metadata(self) -> dict:
         return {"tokenizer": self.tokenizer.to_json()} if self.tokenizer else {}
-
-
-def load_tokenizer(workdir) -> Tokenizer:
-    from pathlib import Path
-
-    path = Path(workdir) / "data.json"
-    if not path.is_file():
-        raise DataError(f"{path} not found: sampling text needs the tokenizer saved by flaxgen train")
-    data = json.loads(path.read_text())
-    if "tokenizer" not in data:
-        raise DataError(f"{workdir} was not trained on text with a tokenizer")
-    return Tokenizer.from_json(data["tokenizer"])
