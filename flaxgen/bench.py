@@ -125,9 +125,11 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
 
     def run(steps: int) -> float:
         state, step = box["state"], box["step"]
+        limit_in_flight = strategy_obj.dispatch_limiter()
         begin = time.perf_counter()
         for i in range(steps):
             state, metrics = compiled(state, args, np.int32(step + i))
+            limit_in_flight(metrics)
         jax.block_until_ready((state, metrics))
         elapsed = time.perf_counter() - begin
         box["state"], box["step"] = state, step + steps

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from flaxgen.training.checkpoint import CheckpointError
@@ -139,3 +140,43 @@ def test_gradient_accumulation_matches_the_big_batch(tmp_path, data_dir):
     accumulated = train(tiny_config("autoencoder", train={"steps": 5}, optim={"accum_steps": 4}),
                         tmp_path / "accumulated")
     assert tree_max_diff(whole["state"].params, accumulated["state"].params) < 1e-5
+
+
+LONG_UNSYNCED_CODE = """
+import jax
+from helpers import tiny_config
+from flaxgen.training import parallel
+from flaxgen.training.loop import train
+if BOUNDED is False:
+    parallel.Strategy.max_steps_in_flight = property(lambda self: None)
+for name in ("mesh", "pmap"):
+    # no log, eval or checkpoint until the end: only the loop's own bound keeps steps from piling up
+    config = tiny_config("autoencoder", parallel={"strategy": name, "num_devices": 2},
+                         train={"steps": 1500}, log={"every": 1500, "tensorboard": False},
+                         eval={"every": 1500}, checkpoint={"every": 1500, "async": False})
+    print("finished", name, train(config, f"{WORK}/{name}")["step"], flush=True)
+"""
+
+
+def test_many_queued_steps_on_host_devices_do_not_deadlock(tmp_path, data_dir):
+    # XLA:CPU host devices hang in a cross-device all-reduce when hundreds of steps are queued
+    # (then abort after 40 s); the loop keeps two in flight (Strategy.max_steps_in_flight).
+    result = run_python(f"WORK = {str(tmp_path)!r}\nBOUNDED = True\n" + LONG_UNSYNCED_CODE, devices=2,
+                        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finished = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("finished")]
+    assert finished == [["mesh", "1500"], ["pmap", "1500"]]
+
+
+def test_dispatch_limiter_keeps_at_most_depth_steps_pending():
+    from flaxgen.training.parallel import DispatchLimiter, make_strategy
+
+    limiter = DispatchLimiter(2)
+    for i in range(5):
+        limiter({"loss": jax.numpy.float32(i)})
+        assert len(limiter.pending) == min(i + 1, 2)
+    unbounded = DispatchLimiter(None)
+    unbounded({"loss": jax.numpy.float32(0)})
+    assert not unbounded.pending
+    # one device needs no bound: nothing waits for a rendezvous
+    assert make_strategy("single", 1, 16).max_steps_in_flight is None

@@ -110,6 +110,7 @@ def train(config: Config, workdir) -> dict:
     eval_fn = jax.jit(family.eval_step)
     current_inputs = source.epoch_inputs(start)
     pending = None            # (step, metrics on device): fetched after the next step is dispatched
+    limit_in_flight = strategy.dispatch_limiter()
     last_log = (start, time.perf_counter())
     last_metrics = {}
     deadline = time.perf_counter() + config.train.time_limit_s if config.train.time_limit_s else None
@@ -137,6 +138,7 @@ def train(config: Config, workdir) -> dict:
                 args = (args[0], strategy.put_replicated(inputs), args[2])
                 current_inputs = inputs
             state, metrics = step_fn(state, args, np.int32(step))
+            limit_in_flight(metrics)
             step += 1
             if pending is not None:
                 fetch(*pending)
