@@ -51,6 +51,15 @@ def test_bernoulli_nats_is_the_negative_log_probability_and_stable():
     # the gradient is sigmoid(logit) - x, as for optax's form
     grad = jax.grad(lambda l: bernoulli_nats(l, x).sum())(logits)
     np.testing.assert_allclose(grad, jax.nn.sigmoid(logits) - x, atol=1e-6)
+    # the hand-written VJP agrees with autodiff of softplus(l) - l*x for both arguments, with
+    # per-example weights on the way back
+    key_l, key_x = jax.random.split(jax.random.key(0))
+    logits, x = 4 * jax.random.normal(key_l, (3, 5, 5, 1)), jax.random.uniform(key_x, (3, 5, 5, 1))
+    weights = jnp.array([1.0, -2.0, 0.5])
+    plain = lambda l, t: ((jax.nn.softplus(l) - l * t).reshape(3, -1).sum(-1) * weights).sum()
+    ours = lambda l, t: (bernoulli_nats(l, t) * weights).sum()
+    for got, want in zip(jax.grad(ours, (0, 1))(logits, x), jax.grad(plain, (0, 1))(logits, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_naive_bayes_counts_and_exact_nll(data_dir):
