@@ -7,11 +7,14 @@ repeats of N steps that each end in block_until_ready. Medians are quoted with t
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import json
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -363,8 +366,53 @@ def _peers_for(model, batch, dtype, micro_batches: int = 1) -> list:
             print(f"peers from {module_name} skipped: {error} (run from the repository root, with "
                   f"pip install 'flaxgen[peers]')", flush=True)
             continue
-        found += module.make(model, batch, dtype, micro_batches)
+        try:
+            found += module.make(model, batch, dtype, micro_batches)
+        except (ImportError, RuntimeError) as error:
+            print(f"peers from {module_name} skipped for {model}: {error}", flush=True)
     return found
+
+
+class PipedPeer:
+    """A peer in a process of its own, for frameworks with process-wide state (Keras fixes its
+    backend at import). The worker prints 'ready NAME' once built and compiled, then answers each
+    line N on its stdin with the seconds per step of N more steps, so its repeats interleave with
+    ours like an in-process peer's."""
+
+    def __init__(self, command: list[str], env: dict | None = None):
+        self._command = command
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, text=True, env=env)
+        atexit.register(self.close)
+        first = self._answer()
+        if not first.startswith("ready "):
+            self.close()
+            raise RuntimeError(f"peer worker {' '.join(command[1:])} said {first!r} instead of 'ready NAME'")
+        self.name = first.removeprefix("ready ")
+
+    def _answer(self) -> str:
+        line = self._process.stdout.readline()
+        if not line:
+            code = self._process.wait()
+            self._stderr.seek(0)
+            said = [text for text in self._stderr.read().splitlines() if text.strip()]
+            raise RuntimeError(f"peer worker {' '.join(self._command[1:])} exited with {code}: "
+                               f"{said[-1] if said else 'no message'}")
+        return line.strip()
+
+    def run(self, steps: int) -> float:
+        self._process.stdin.write(f"{steps}\n")
+        self._process.stdin.flush()
+        return float(self._answer())
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
 
 
 def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=1) -> list[dict]:

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -46,3 +47,24 @@ def test_xla_flops_count_the_whole_step_on_every_strategy():
     assert bench._xla_flops(Compiled(), Strategy("single", 1)) == 10.0
     assert bench._xla_flops(Compiled(), Strategy("mesh", 4)) == 40.0
     assert bench._xla_flops(Compiled(), Strategy("pmap", 4)) == 40.0
+
+
+def _worker(tmp_path, body: str) -> list[str]:
+    script = tmp_path / "worker.py"
+    script.write_text("import sys\n" + body)
+    return [sys.executable, str(script)]
+
+
+def test_piped_peer_runs_steps_in_its_worker_and_says_why_a_worker_failed(tmp_path):
+    # answers 1/N seconds per step for N steps, so the step count must cross the pipe intact
+    peer = bench.PipedPeer(_worker(tmp_path, "print('ready toy 1.0', flush=True)\n"
+                                             "for line in sys.stdin:\n    print(1.0 / int(line), flush=True)\n"))
+    assert peer.name == "toy 1.0"
+    assert peer.run(4) == 0.25 and peer.run(8) == 0.125
+    peer.close()
+    assert peer._process.returncode == 0
+
+    with pytest.raises(RuntimeError, match="exited with 3: no keras here"):
+        bench.PipedPeer(_worker(tmp_path, "sys.stderr.write('no keras here\\n'); sys.exit(3)\n"))
+    with pytest.raises(RuntimeError, match="said 'hello' instead of 'ready NAME'"):
+        bench.PipedPeer(_worker(tmp_path, "print('hello', flush=True)\nsys.stdin.read()\n"))
