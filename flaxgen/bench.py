@@ -426,6 +426,9 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
             ours.append(flaxgen_run(steps))
             theirs.append(peer_run(peer_steps))
         ratios = sorted(t / o for o, t in zip(ours, theirs))
+        owner = getattr(peer_run, "__self__", None)   # a PipedPeer's worker is done: free it now
+        if isinstance(owner, PipedPeer):
+            owner.close()
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
                      "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),
                      "ratio_min": ratios[0], "ratio_max": ratios[-1]})
