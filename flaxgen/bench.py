@@ -376,8 +376,8 @@ def _peers_for(model, batch, dtype, micro_batches: int = 1) -> list:
 class PipedPeer:
     """A peer in a process of its own, for frameworks with process-wide state (Keras fixes its
     backend at import). The worker prints 'ready NAME' once built and compiled, then answers each
-    line N on its stdin with the seconds per step of N more steps, so its repeats interleave with
-    ours like an in-process peer's."""
+    line N on its stdin with the seconds per step of N more steps. Calling it runs N steps, so it
+    stands wherever an in-process peer's run(steps) does."""
 
     def __init__(self, command: list[str], env: dict | None = None):
         self._command = command
@@ -401,7 +401,7 @@ class PipedPeer:
                                f"{said[-1] if said else 'no message'}")
         return line.strip()
 
-    def run(self, steps: int) -> float:
+    def __call__(self, steps: int) -> float:
         self._process.stdin.write(f"{steps}\n")
         self._process.stdin.flush()
         return float(self._answer())
@@ -426,9 +426,8 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
             ours.append(flaxgen_run(steps))
             theirs.append(peer_run(peer_steps))
         ratios = sorted(t / o for o, t in zip(ours, theirs))
-        owner = getattr(peer_run, "__self__", None)   # a PipedPeer's worker is done: free it now
-        if isinstance(owner, PipedPeer):
-            owner.close()
+        if isinstance(peer_run, PipedPeer):   # its worker is done: free it now
+            peer_run.close()
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
                      "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),
                      "ratio_min": ratios[0], "ratio_max": ratios[-1]})

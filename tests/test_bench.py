@@ -60,7 +60,7 @@ def test_piped_peer_runs_steps_in_its_worker_and_says_why_a_worker_failed(tmp_pa
     peer = bench.PipedPeer(_worker(tmp_path, "print('ready toy 1.0', flush=True)\n"
                                              "for line in sys.stdin:\n    print(1.0 / int(line), flush=True)\n"))
     assert peer.name == "toy 1.0"
-    assert peer.run(4) == 0.25 and peer.run(8) == 0.125
+    assert peer(4) == 0.25 and peer(8) == 0.125
     peer.close()
     assert peer._process.returncode == 0
 

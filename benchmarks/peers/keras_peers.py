@@ -3,9 +3,9 @@ tutorials train them, on the same synthetic pixels and batch as `flaxgen bench`.
 
 Each model runs on the Keras backend that trains it fastest on a 2-core CPU (issue 5's survey):
 jax for the dense autoencoder, MLP VAE and dense GAN, TensorFlow for the conv VAE (its jax
-backend manages a tenth of the speed), torch for the GPT recipe. Keras fixes its backend at import, so every peer is a
-worker process (`python -m benchmarks.peers.keras_peers MODEL BATCH`) that `flaxgen bench` drives
-over a pipe, a repeat at a time, interleaved with ours.
+backend manages a tenth of the speed), torch for the GPT recipe. Keras fixes its backend at
+import, so every peer is a worker process (`python -m benchmarks.peers.keras_peers MODEL BATCH`)
+that `flaxgen bench` drives over a pipe, a repeat at a time, interleaved with ours.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def make(model: str, batch: int, dtype: str = "float32", micro_batches: int = 1)
 
     env = dict(os.environ, KERAS_BACKEND=BACKENDS[model], TF_CPP_MIN_LOG_LEVEL="3")
     peer = PipedPeer([sys.executable, "-m", "benchmarks.peers.keras_peers", model, str(batch)], env=env)
-    return [(peer.name, peer.run)]
+    return [(peer.name, peer)]
 
 
 # --- worker side: imports keras under the backend chosen above ---------------------------------
