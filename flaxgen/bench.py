@@ -426,8 +426,9 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
             ours.append(flaxgen_run(steps))
             theirs.append(peer_run(peer_steps))
         ratios = sorted(t / o for o, t in zip(ours, theirs))
-        if isinstance(peer_run, PipedPeer):   # its worker is done: free it now
-            peer_run.close()
+        close = getattr(peer_run, "close", None)   # a worker process (PipedPeer): free it now
+        if close is not None:
+            close()
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
                      "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),
                      "ratio_min": ratios[0], "ratio_max": ratios[-1]})
