@@ -106,7 +106,7 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
               peak_flops: float | None = None, steps: int | None = None) -> tuple[Result, callable]:
     """Build, compile and time one case. Returns the result and a function that times one more
     repeat (for interleaving with a peer)."""
-    from flaxgen.training.loop import Experiment
+    from flaxgen.training.loop import Experiment, reports_metrics
 
     config = case_config(model, batch, strategy, devices, dtype)
     experiment = Experiment.build(config)
@@ -131,7 +131,9 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
         limit_in_flight = strategy_obj.dispatch_limiter()
         begin = time.perf_counter()
         for i in range(steps):
-            state, metrics = compiled(state, args, np.int32(step + i))
+            # the loop's cadence: diagnostics only on the steps it would log
+            report = reports_metrics(step + i + 1, config)
+            state, metrics = compiled(state, args, np.int32(step + i), np.bool_(report))
             limit_in_flight(metrics)
         jax.block_until_ready((state, metrics))
         elapsed = time.perf_counter() - begin

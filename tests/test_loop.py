@@ -44,6 +44,17 @@ def test_eval_and_checkpoint_steps_need_not_be_log_steps(tmp_path, data_dir):
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [7, 10, 14, 15, 20]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20]
+    # every step whose metrics are read computed its gradient norm (others skip it)
+    assert all(r["grad_norm"] > 0 for r in records if r["kind"] == "train")
+
+
+def test_time_limit_stops_with_a_checkpoint_and_reported_metrics(tmp_path, data_dir):
+    result = train(tiny_config("vae", train={"steps": 1000, "time_limit_s": 1e-9}), tmp_path)
+    assert result["step"] == 1
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 1), ("eval", 1)]
+    assert records[0]["grad_norm"] > 0
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
 
 
 def test_killed_run_resumes_bitwise(tmp_path, data_dir):

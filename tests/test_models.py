@@ -76,3 +76,27 @@ def test_naive_bayes_counts_and_exact_nll(data_dir):
     expected = -(x @ np.log(p) + (1 - x) @ np.log1p(-p))
     got = family.eval_step(state, batch, jax.random.key(0))["nll"]
     np.testing.assert_allclose(got, expected.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1e6])
+def test_grad_norm_is_the_gradients_norm_and_skipped_only_when_not_reported(grad_clip, data_dir):
+    # plain SGD with lr 1 makes the update the gradient itself: params - new params
+    config = tiny_config("vae", optim={"name": "sgd", "lr": 1.0, "grad_clip": grad_clip})
+    source = make_source(config)
+    family = make_family(config, source.info)
+    batch = source.example_batch()
+    state = jax.jit(family.init)(rng.stream(0, "init"), batch)
+    step = jax.jit(family.train_step)
+    reported, reported_metrics = step(state, batch, jax.random.key(3), True)
+    skipped, skipped_metrics = step(state, batch, jax.random.key(3), False)
+    gradient = jax.tree.map(jnp.subtract, state.params, reported.params)
+    expected = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(gradient)))
+    assert expected > 0
+    np.testing.assert_allclose(float(reported_metrics["grad_norm"]), expected, rtol=1e-4)
+    # not reporting changes nothing but the metric, and a clipping optimizer has it anyway
+    assert jax.tree.all(jax.tree.map(np.array_equal, reported.params, skipped.params))
+    assert float(skipped_metrics["loss"]) == float(reported_metrics["loss"])
+    if grad_clip:
+        assert float(skipped_metrics["grad_norm"]) == float(reported_metrics["grad_norm"])
+    else:
+        assert np.isnan(float(skipped_metrics["grad_norm"]))

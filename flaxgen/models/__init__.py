@@ -24,6 +24,8 @@ class Family:
 
     init(key, batch) -> state                      state is a pytree (TrainState)
     train_step(state, batch, key) -> (state, metrics)   pure; jit/pmap-able
+        report=True: whether the metrics will be read; a step may skip diagnostics-only
+        metrics when False (the shared gradient step then reports grad_norm as NaN unless it clips)
     eval_step(state, batch, key) -> metrics        per-batch means, pure
     sample(state, key, n, **options) -> outputs    pure where possible
     evaluate(state, source, key) -> dict           the family's full test metrics (flaxgen eval)

@@ -72,5 +72,5 @@ def make(config, info) -> Family:
         forward = 2 * (pixels * config.model.code_dim * 2)
         return 3 * forward if train else forward
 
-    return Family("autoencoder", init, gradient_step(tx, loss_fn, config.optim.accum_steps),
+    return Family("autoencoder", init, gradient_step(tx, loss_fn, config.optim),
                   eval_step, sample, evaluate, pictures, flops_per_example)

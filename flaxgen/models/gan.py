@@ -173,7 +173,7 @@ def make(config, info) -> Family:
         extra = {"ema_g": params["g"]} if m.ema_decay else {}
         return TrainState(step=jnp.int32(0), params=params, opt_state=opt_state, extra=extra)
 
-    def train_step(state, batch, key):
+    def train_step(state, batch, key, report=True):
         real = data_of(batch)
         indices = parallel.example_indices(real.shape[0])
         params, opt_state = dict(state.params), dict(state.opt_state)

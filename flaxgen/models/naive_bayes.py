@@ -46,7 +46,7 @@ def make(config, info) -> Family:
         per_class = flat @ log_one.reshape(classes, -1).T + (1 - flat) @ log_zero.reshape(classes, -1).T
         return -jax.nn.logsumexp(per_class + log_prior, axis=-1)
 
-    def train_step(state, batch, key):
+    def train_step(state, batch, key, report=True):
         x = batch["image"]
         weights = group(batch)
         ones = jnp.einsum("bk,bhwc->khwc", weights, x)

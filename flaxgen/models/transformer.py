@@ -409,6 +409,6 @@ def make(config, info) -> Family:
                                                 model.d_model // model.n_head, model.block_size, train)
         return per_token * model.block_size
 
-    return Family("transformer", init, gradient_step(tx, loss_fn, config.optim.accum_steps), eval_step,
+    return Family("transformer", init, gradient_step(tx, loss_fn, config.optim), eval_step,
                   sample, evaluate, pictures, flops_per_example,
                   tokens_per_example=model.block_size)

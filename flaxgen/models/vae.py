@@ -177,5 +177,5 @@ def make(config, info) -> Family:
             forward = conv_vae_flops(tuple(info["image_shape"]), latent, config.model.conv_dense)
         return 3 * forward if train else forward
 
-    return Family("vae", init, gradient_step(tx, loss_fn, config.optim.accum_steps), eval_step,
+    return Family("vae", init, gradient_step(tx, loss_fn, config.optim), eval_step,
                   sample, evaluate, pictures, flops_per_example)

@@ -50,18 +50,19 @@ class Experiment:
         return jax.jit(self.family.init)(key, self.source.example_batch())
 
     def step_function(self):
-        """fused(state, (arrays, epoch_inputs, train_key), step) -> (state, metrics):
-        builds the step's batch on device, derives the step's key, runs the family's step."""
+        """fused(state, (arrays, epoch_inputs, train_key), step, report) -> (state, metrics):
+        builds the step's batch on device, derives the step's key, runs the family's step.
+        `report` (a bool) says whether the metrics will be read; see `reports_metrics`."""
         source, family, strategy = self.source, self.family, self.strategy
         global_batch = source.batch_size
 
-        def fused(state, args, step):
+        def fused(state, args, step, report):
             arrays, epoch_inputs, train_key_data = args
             local = global_batch // parallel.num_replicas()
             batch = source.batch(arrays, epoch_inputs, step, parallel.example_indices(local))
             batch = strategy.constrain_batch(batch)
             key = rng.step_key(jax.random.wrap_key_data(train_key_data), step)
-            return family.train_step(state, batch, key)
+            return family.train_step(state, batch, key, report)
 
         return strategy.wrap(fused)
 
@@ -75,8 +76,14 @@ class Experiment:
     def compile_step(self, state, args, step: int):
         """The step compiled ahead of time for these placed inputs, and the seconds it took."""
         start = time.perf_counter()
-        compiled = self.step_function().lower(state, args, np.int32(step)).compile()
+        compiled = self.step_function().lower(state, args, np.int32(step), np.bool_(True)).compile()
         return compiled, time.perf_counter() - start
+
+
+def reports_metrics(steps_done: int, config: Config) -> bool:
+    """Whether the loop logs the metrics of the step that brings the count to `steps_done` (it
+    also reads them before every checkpoint and evaluation, and at the end)."""
+    return steps_done % config.log.every == 0
 
 
 def train(config: Config, workdir) -> dict:
@@ -137,18 +144,20 @@ def train(config: Config, workdir) -> dict:
             if inputs is not current_inputs:  # a new epoch's shuffle order
                 args = (args[0], strategy.put_replicated(inputs), args[2])
                 current_inputs = inputs
-            state, metrics = step_fn(state, args, np.int32(step))
+            # decided before dispatch: the step computes its diagnostics only if they will be read
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            last = step + 1 == total or out_of_time
+            checkpoint_now = (step + 1) % config.checkpoint.every == 0 or last
+            # never checkpoint or evaluate a diverged state: check this step's metrics first
+            sync_now = checkpoint_now or (step + 1) % config.eval.every == 0
+            report = reports_metrics(step + 1, config) or sync_now
+            state, metrics = step_fn(state, args, np.int32(step), np.bool_(report))
             limit_in_flight(metrics)
             step += 1
             if pending is not None:
                 fetch(*pending)
                 pending = None
-            out_of_time = deadline is not None and time.perf_counter() > deadline
-            last = step == total or out_of_time
-            checkpoint_now = step % config.checkpoint.every == 0 or last
-            # never checkpoint or evaluate a diverged state: check this step's metrics first
-            sync_now = checkpoint_now or step % config.eval.every == 0
-            if step % config.log.every == 0 or sync_now:
+            if report:
                 pending = (step, metrics)
             if sync_now:
                 fetch(*pending)

@@ -96,7 +96,7 @@ class Strategy:
         return batch
 
     def wrap(self, fn: Callable, donate_state: bool = True) -> Callable:
-        """`fn(state, replicated_args, step) -> (state, out)`: returns the compiled callable."""
+        """`fn(state, replicated_args, step, report) -> (state, out)`: returns the compiled callable."""
         raise NotImplementedError
 
     @property
@@ -178,11 +178,11 @@ class PmapStrategy(Strategy):
     def wrap(self, fn, donate_state=True):
         size = self.num_devices
 
-        def traced(state, args, step):
+        def traced(state, args, step, report):
             with axis_context(AXIS, size):
-                return fn(state, args, step)
+                return fn(state, args, step, report)
 
-        return jax.pmap(traced, axis_name=AXIS, in_axes=(0, 0, None), devices=self.devices,
+        return jax.pmap(traced, axis_name=AXIS, in_axes=(0, 0, None, None), devices=self.devices,
                         donate_argnums=(0,) if donate_state else ())
 
 

@@ -82,13 +82,32 @@ def apply_updates(tx: optax.GradientTransformation, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state
 
 
-def gradient_step(tx, loss_fn: Callable, accum_steps: int = 1):
-    """A standard single-player train_step: one loss, one optimizer."""
+def gradient_step(tx, loss_fn: Callable, optim):
+    """A standard single-player train_step: one loss, one optimizer (`tx`, built from the
+    config's `optim` section, whose accum_steps and grad_clip the step also follows)."""
 
-    def train_step(state: TrainState, batch, key):
-        loss, aux, grads = loss_and_grads(loss_fn, state.params, batch, key, accum_steps)
+    def train_step(state: TrainState, batch, key, report=True):
+        loss, aux, grads = loss_and_grads(loss_fn, state.params, batch, key, optim.accum_steps)
+        if optim.grad_clip:
+            # tx clips by this same norm: XLA computes it once, so it is free on every step
+            grad_norm = optax.tree.norm(grads)
+        else:
+            grad_norm, grads = norm_if_reported(grads, report)
         params, opt_state = apply_updates(tx, state.params, state.opt_state, grads)
-        metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, **aux, "grad_norm": grad_norm}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def norm_if_reported(grads, report):
+    """(global norm of grads, or NaN unless `report`; grads). The norm is a diagnostic: only the
+    steps whose metrics the loop reads pay for it (a pass over every gradient, which also makes
+    XLA share Adam's squares instead of fusing them into the update; MLP VAE step on 2 CPU cores:
+    ~1.15x faster without it). Each leaf gets its own cond, and the barrier orders the update
+    after them: one cond over all the gradients, or none, cost most of that gain back."""
+    skip = lambda leaf: jnp.float32(jnp.nan)
+    squares = [jax.lax.cond(report, lambda leaf: jnp.sum(jnp.square(leaf)), skip, leaf)
+               for leaf in jax.tree.leaves(grads)]
+    squares, grads = jax.lax.optimization_barrier((squares, grads))
+    return jnp.sqrt(sum(squares)), grads
