@@ -276,6 +276,8 @@ def write_report(results, peers, meta, out_dir: Path) -> None:
              "splits its batch the same way.", ""]
     if peers:
         lines += ["## Side by side with peers (interleaved A/B, same batch and dtype)", "",
+                  f"flaxgen/peer: the median of the per-round ratios over {peers[0]['rounds']} rounds "
+                  "(min-max in brackets).", "",
                   "| model | batch | flaxgen ms/step | peer | peer ms/step | flaxgen/peer steps/s |",
                   "| --- | ---: | ---: | --- | ---: | ---: |"]
         for row in peers:
@@ -299,6 +301,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="GPT compute dtype")
     parser.add_argument("--peers", action="store_true", help="time the PyTorch peers side by side")
+    parser.add_argument("--peer-repeats", type=int, default=11,
+                        help="interleaved A/B rounds per peer (their per-round ratios' median is reported)")
     parser.add_argument("--out", help="directory for results.json, README.md and scaling.png")
     args = parser.parse_args(argv)
 
@@ -327,7 +331,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 results.append(result)
                 print(format_table([result]).splitlines()[-1], flush=True)
                 if args.peers and strategy == "single" and batch == batches[0]:
-                    peers += _peer_side_by_side(model, batch, dtype, run, args.repeats,
+                    peers += _peer_side_by_side(model, batch, dtype, run, args.peer_repeats,
                                                 result.micro_batches)
     print()
     print(format_table(results))
@@ -433,5 +437,5 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
             close()
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
                      "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),
-                     "ratio_min": ratios[0], "ratio_max": ratios[-1]})
+                     "ratio_min": ratios[0], "ratio_max": ratios[-1], "rounds": repeats})
     return rows
