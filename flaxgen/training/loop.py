@@ -145,15 +145,17 @@ def train(config: Config, workdir) -> dict:
                 args = (args[0], strategy.put_replicated(inputs), args[2])
                 current_inputs = inputs
             # decided before dispatch: the step computes its diagnostics only if they will be read
+            done = step + 1
             out_of_time = deadline is not None and time.perf_counter() > deadline
-            last = step + 1 == total or out_of_time
-            checkpoint_now = (step + 1) % config.checkpoint.every == 0 or last
+            last = done == total or out_of_time
+            checkpoint_now = done % config.checkpoint.every == 0 or last
+            evaluate_now = done % config.eval.every == 0 or last
             # never checkpoint or evaluate a diverged state: check this step's metrics first
-            sync_now = checkpoint_now or (step + 1) % config.eval.every == 0
-            report = reports_metrics(step + 1, config) or sync_now
+            sync_now = checkpoint_now or evaluate_now
+            report = reports_metrics(done, config) or sync_now
             state, metrics = step_fn(state, args, np.int32(step), np.bool_(report))
             limit_in_flight(metrics)
-            step += 1
+            step = done
             if pending is not None:
                 fetch(*pending)
                 pending = None
@@ -162,7 +164,7 @@ def train(config: Config, workdir) -> dict:
             if sync_now:
                 fetch(*pending)
                 pending = None
-            if step % config.eval.every == 0 or last:
+            if evaluate_now:
                 eval_state = jax.device_put(strategy.one_copy(state), strategy.devices[0])
                 run_eval(config, family, source, eval_state, eval_fn, jax.random.fold_in(eval_key, step),
                          step, workdir, log)
