@@ -90,14 +90,22 @@ def micro_batches(model: str, batch: int, strategy: str, devices: int | None) ->
     return per_device // size if per_device % size == 0 and per_device > size else 1
 
 
+def case_dtype(model: str, dtype: str | None) -> str:
+    """The compute dtype a case runs in: `--dtype` applies to the GPT; the others are float32."""
+    model_config = MODELS[model][0]["model"]
+    if dtype and model_config["family"] == "transformer":
+        return dtype
+    return model_config.get("dtype", "float32")
+
+
 def case_config(model: str, batch: int, strategy: str, devices: int | None, dtype: str | None):
     raw = copy.deepcopy(MODELS[model][0])
     raw.setdefault("data", {})["batch_size"] = batch
     raw.setdefault("optim", {})["accum_steps"] = micro_batches(model, batch, strategy, devices)
     raw["parallel"] = {"strategy": strategy, "num_devices": devices}
     raw["log"] = {"tensorboard": False, "progress": False}
-    if dtype and raw["model"]["family"] == "transformer":
-        raw["model"]["dtype"] = dtype
+    if raw["model"]["family"] == "transformer":
+        raw["model"]["dtype"] = case_dtype(model, dtype)
     return build_config(raw)
 
 
@@ -197,14 +205,35 @@ def _peak_memory_mb(device) -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (CPU)
 
 
-def peak_for(device, dtype: str) -> tuple[float | None, str]:
-    table = flops_lib.device_peak_flops(device, dtype)
-    if table:
-        return table, f"per device, {device.device_kind} {dtype} spec sheet"
+def peaks_for(device, dtypes) -> dict[str, tuple[float | None, str]]:
+    """{dtype: (peak FLOP/s or None, where it comes from)} for MFU. On CPU, one f32 matmul
+    probe measured now serves every dtype; elsewhere, the spec sheet (flops.PEAK_FLOPS)."""
     if device.platform == "cpu":
         probe = flops_lib.measure_matmul_peak(device=device)
-        return probe, "the machine's: f32 1024^3 matmul probe, this run; host devices share it"
-    return None, "unknown device"
+        return {dtype: (probe, "the machine's: f32 1024^3 matmul probe, this run; host devices share it")
+                for dtype in dtypes}
+    peaks = {}
+    for dtype in dtypes:
+        peak = flops_lib.device_peak_flops(device, dtype)
+        if peak is None:
+            peaks[dtype] = (None, f"no {dtype} figure for {device.device_kind!r} in flaxgen/flops.py "
+                                  "PEAK_FLOPS; add its spec sheet's dense peak there to get MFU")
+        elif dtype == "bfloat16":
+            peaks[dtype] = (peak, f"per device, {device.device_kind} bfloat16 spec sheet")
+        else:
+            precision = jax.config.jax_default_matmul_precision or "default"
+            peaks[dtype] = (peak, f"per device, {device.device_kind} spec sheet for float32 matmuls "
+                                  f"at jax's {precision} precision")
+    return peaks
+
+
+def describe_peaks(peaks) -> str:
+    """One line from {dtype: {"tflops", "source"}}, as results.json keeps them."""
+    parts = []
+    for dtype, peak in peaks.items():
+        figure = f"{peak['tflops']:.3f} TFLOP/s" if peak["tflops"] else "unknown"
+        parts.append(f"{dtype}: {figure} ({peak['source']})")
+    return "; ".join(parts)
 
 
 def format_table(results: list[Result]) -> str:
@@ -268,8 +297,8 @@ def write_report(results, peers, meta, out_dir: Path) -> None:
         {"meta": meta, "results": [asdict(r) for r in results], "peers": peers}, indent=2) + "\n")
     plot_sweep(results, out_dir / "scaling.png")
     lines = [f"# flaxgen bench: {meta['device']}", "", f"Command: `{meta['command']}`", "",
-             f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU: "
-             f"{meta['peak_tflops']:.3f} TFLOP/s ({meta['peak_source']}).", "",
+             f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU, "
+             f"{describe_peaks(meta['peaks'])}.", "",
              "```", format_table(results), "```", "",
              "`micro`: the step runs its batch as that many micro-batches (a scan; the same "
              "gradient), on CPU only (benchmarks/README.md, item 6). A peer named `eager AxB` "
@@ -318,16 +347,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
         strategies = [s for s in strategies if s == "single"] or ["single"]
     device = jax.devices()[0]
     dtype = args.dtype or ("bfloat16" if device.platform == "gpu" else "float32")
-    peak, peak_source = peak_for(device, dtype)
-    print(f"flaxgen bench on {device_label()} ({device.device_kind}); MFU peak {peak / 1e12:.3f} TFLOP/s "
-          f"({peak_source})", flush=True)
+    peaks = peaks_for(device, sorted({case_dtype(model, dtype) for model in models}))
+    peak_summary = {d: {"tflops": peak / 1e12 if peak else None, "source": source}
+                    for d, (peak, source) in peaks.items()}
+    print(f"flaxgen bench on {device_label()} ({device.device_kind}); MFU peak {describe_peaks(peak_summary)}",
+          flush=True)
     results, peers = [], []
     for model in models:
         batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
         for strategy in strategies:
             for batch in batches:
                 result, run = time_case(model, batch, strategy, args.devices, dtype, args.repeats,
-                                        peak_flops=peak, steps=args.steps)
+                                        peak_flops=peaks[case_dtype(model, dtype)][0], steps=args.steps)
                 results.append(result)
                 print(format_table([result]).splitlines()[-1], flush=True)
                 if args.peers and strategy == "single" and batch == batches[0]:
@@ -345,7 +376,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         meta = {"device": device_label(), "device_kind": device.device_kind, "backend": device.platform,
                 "jax": jax.__version__, "python": platform.python_version(),
                 "command": "flaxgen bench " + " ".join(argv if argv is not None else sys.argv[2:]),
-                "peak_tflops": peak / 1e12, "peak_source": peak_source,
+                "peaks": peak_summary,
                 "date": time.strftime("%Y-%m-%d")}
         write_report(results, peers, meta, Path(args.out))
         print(f"\nwrote {args.out}/results.json, README.md, scaling.png")

@@ -37,23 +37,44 @@ def transformer_flops_per_token(num_params_no_embed: float, layers: int, heads: 
     return total if train else total / 3.0
 
 
-# Dense peak FLOP/s by device_kind substring and dtype (vendor spec sheets, no sparsity).
-PEAK_FLOPS = {
-    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 67e12,
-    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 67e12,
-    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 19.5e12,
-    ("L4", "bfloat16"): 121e12, ("L4", "float32"): 30e12,
-    ("TPU v4", "bfloat16"): 275e12, ("TPU v4", "float32"): 275e12 / 4,
-    ("TPU v5 lite", "bfloat16"): 197e12, ("TPU v5e", "bfloat16"): 197e12,
-    ("TPU v5p", "bfloat16"): 459e12, ("TPU v6", "bfloat16"): 918e12,
-}
+# Dense (no sparsity) spec-sheet peaks in FLOP/s: (device_kind substring, bf16, tf32, f32).
+# Searched in order, so a specific name ("H100 PCIe", "L40S", "TPU v5 lite") precedes the name
+# it contains. jax's default precision runs float32 matmuls on tensor cores (TF32 on NVIDIA
+# GPUs since Ampere, one bf16 pass on TPUs), so that column is the float32 peak unless the
+# default is raised to full float32. None: no figure, and the MFU column stays blank.
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12, 378e12, 51e12),
+    ("H100 NVL", 835e12, 418e12, 60e12),
+    ("H100", 989e12, 495e12, 67e12),
+    ("H200 NVL", 835e12, 418e12, 60e12),
+    ("H200", 989e12, 495e12, 67e12),
+    ("A100", 312e12, 156e12, 19.5e12),
+    ("L40S", 362e12, 183e12, 91.6e12),
+    ("L40", 181e12, 90.5e12, 90.5e12),
+    ("L4", 121e12, 60e12, 30.3e12),
+    ("TPU v4", 275e12, 275e12, None),
+    ("TPU v5 lite", 197e12, 197e12, None),
+    ("TPU v5e", 197e12, 197e12, None),
+    ("TPU v5", 459e12, 459e12, None),  # v5p reports "TPU v5"
+    ("TPU v6", 918e12, 918e12, None),
+)
+# jax_default_matmul_precision values (lower case) that ask for true float32 matmuls.
+FULL_FLOAT32 = ("highest", "float32", "f32_f32_f32")
 
 
-def device_peak_flops(device, dtype: str = "float32") -> float | None:
-    kind = getattr(device, "device_kind", "")
-    for (name, peak_dtype), value in PEAK_FLOPS.items():
-        if name.lower() in kind.lower() and peak_dtype == dtype:
-            return value
+def device_peak_flops(device, dtype: str = "float32", precision: str | None = None) -> float | None:
+    """The spec-sheet peak for `dtype` matmuls on `device` (None: not in the table), with
+    float32 read at `precision` (default: jax_default_matmul_precision)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"no peak for dtype {dtype!r}; use float32 or bfloat16")
+    precision = jax.config.jax_default_matmul_precision if precision is None else precision
+    kind = getattr(device, "device_kind", "").lower()
+    for name, bf16, tf32, f32 in PEAK_FLOPS:
+        if name.lower() in kind:
+            if dtype == "bfloat16":
+                return bf16
+            mode = str(getattr(precision, "name", precision)).lower()  # a string or a DotAlgorithmPreset
+            return f32 if mode in FULL_FLOAT32 else tf32
     return None
 
 

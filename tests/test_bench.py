@@ -1,9 +1,10 @@
 import json
 import sys
 
+import jax
 import pytest
 
-from flaxgen import bench
+from flaxgen import bench, flops
 from flaxgen.cli import main
 
 
@@ -33,6 +34,40 @@ def test_bench_writes_a_table_json_and_report_and_counts_flops_twice(tmp_path, c
         assert abs(result["xla_flops_per_step"] / result["flops_per_step"] - 1) < 0.2
     assert 0 < result["mfu"] < 1
     assert (out / "README.md").is_file() and (out / "scaling.png").stat().st_size > 0
+
+
+class FakeDevice:
+    def __init__(self, kind, platform="gpu"):
+        self.device_kind, self.platform = kind, platform
+
+
+def test_peak_table_picks_the_specific_device_and_reads_float32_at_jax_precision():
+    peak = flops.device_peak_flops
+    h100_sxm, h100_pcie = FakeDevice("NVIDIA H100 80GB HBM3"), FakeDevice("NVIDIA H100 PCIe")
+    assert peak(h100_sxm, "bfloat16") == 989e12 and peak(h100_pcie, "bfloat16") == 756e12
+    assert peak(FakeDevice("NVIDIA L40S"), "bfloat16") > peak(FakeDevice("NVIDIA L4"), "bfloat16")
+    assert peak(FakeDevice("TPU v5 lite"), "bfloat16") < peak(FakeDevice("TPU v5"), "bfloat16")
+    # jax's default precision runs float32 matmuls as TF32; asking for full float32 gets that peak
+    assert peak(h100_sxm, "float32") == 495e12
+    assert peak(h100_sxm, "float32", precision="highest") == 67e12
+    with jax.default_matmul_precision("float32"):
+        assert peak(h100_sxm, "float32") == 67e12
+    assert peak(FakeDevice("Tesla T4"), "bfloat16") is None
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        peak(h100_sxm, "float16")
+
+
+def test_bench_leaves_mfu_blank_and_says_why_on_a_device_with_no_known_peak(tmp_path, capsys, monkeypatch):
+    unknown = bench.peaks_for(FakeDevice("Tesla T4"), ["float32"])
+    assert unknown["float32"][0] is None and "PEAK_FLOPS" in unknown["float32"][1]
+    monkeypatch.setattr(bench, "peaks_for", lambda device, dtypes: unknown)
+    out = tmp_path / "results"
+    assert main(["bench", "--models", "autoencoder", "--batch-sizes", "16", "--repeats", "1",
+                 "--steps", "1", "--out", str(out)]) == 0
+    assert "float32: unknown (no float32 figure for 'Tesla T4'" in capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert data["results"][0]["mfu"] is None and data["meta"]["peaks"]["float32"]["tflops"] is None
+    assert "float32: unknown" in (out / "README.md").read_text()
 
 
 def test_xla_flops_count_the_whole_step_on_every_strategy():
