@@ -131,3 +131,37 @@ def test_einsum_attention_matches_jax_dot_product_attention_values_and_grads():
         np.testing.assert_allclose(a, b, atol=1e-5)
     # the first query sees only the first key: its output is exactly v[:, 0]
     np.testing.assert_allclose(einsum_causal_attention(q, k, v)[:, 0], v[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("backend, dtype, cudnn_accepts, expected", [
+    ("cpu", jnp.bfloat16, True, ["einsum"]),
+    ("gpu", jnp.bfloat16, True, ["cudnn"]),
+    ("gpu", jnp.bfloat16, False, ["cudnn", "xla"]),  # jax's checks refuse the shape: XLA's form
+    ("gpu", jnp.float32, True, ["xla"]),            # cuDNN's flash attention is 16-bit only
+    ("tpu", jnp.bfloat16, True, ["xla"]),
+])
+def test_auto_attention_asks_for_cudnn_on_gpus_for_16_bit_inputs(monkeypatch, backend, dtype,
+                                                                   cudnn_accepts, expected):
+    from flaxgen.models import transformer
+
+    asked = []
+
+    def fake_attention(q, k, v, is_causal, implementation):
+        asked.append(implementation)
+        if implementation == "cudnn" and not cudnn_accepts:
+            raise NotImplementedError("The head dim must be <= 128 and a multiple of 8")
+        return v
+
+    def fake_einsum(q, k, v):
+        asked.append("einsum")
+        return v
+
+    monkeypatch.setattr(transformer.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(transformer.jax.nn, "dot_product_attention", fake_attention)
+    monkeypatch.setattr(transformer, "einsum_causal_attention", fake_einsum)
+    q = jnp.zeros((1, 4, 2, 8), dtype)
+    transformer.causal_attention(q, q, q, None)
+    assert asked == expected
+    asked.clear()
+    transformer.causal_attention(q, q, q, "xla")  # an explicit choice is kept on every backend
+    assert asked == ["xla"]
