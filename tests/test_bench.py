@@ -103,3 +103,23 @@ def test_piped_peer_runs_steps_in_its_worker_and_says_why_a_worker_failed(tmp_pa
         bench.PipedPeer(_worker(tmp_path, "sys.stderr.write('no keras here\\n'); sys.exit(3)\n"))
     with pytest.raises(RuntimeError, match="said 'hello' instead of 'ready NAME'"):
         bench.PipedPeer(_worker(tmp_path, "print('hello', flush=True)\nsys.stdin.read()\n"))
+
+
+def test_each_case_is_measured_against_its_own_dtypes_peak(tmp_path, monkeypatch):
+    assert bench.case_dtype("gpt_cpu", "bfloat16") == "bfloat16"
+    assert bench.case_dtype("gpt2_small", None) == "bfloat16"
+    assert bench.case_dtype("vae", "bfloat16") == "float32"   # only the GPT has a compute dtype
+    asked = []
+
+    def fake_peaks(device, dtypes):
+        asked.append(list(dtypes))
+        return {"float32": (1e12, "test f32"), "bfloat16": (1e15, "test bf16")}
+
+    monkeypatch.setattr(bench, "peaks_for", fake_peaks)
+    out = tmp_path / "results"
+    main(["bench", "--models", "autoencoder", "--dtype", "bfloat16", "--batch-sizes", "16",
+          "--repeats", "1", "--steps", "1", "--out", str(out)])
+    assert asked == [["float32"]]
+    (result,) = json.loads((out / "results.json").read_text())["results"]
+    assert result["dtype"] == "float32"
+    assert result["mfu"] == pytest.approx(result["achieved_tflops"] / 1.0)  # the f32 peak, 1 TFLOP/s
