@@ -238,13 +238,13 @@ def describe_peaks(peaks) -> str:
 
 def format_table(results: list[Result]) -> str:
     header = (f"{'model':<12}{'strategy':<9}{'dev':>4}{'batch':>7}{'micro':>6}{'compile s':>10}{'ms/step':>10}"
-              f"{'spread':>16}{'steps/s':>9}{'examples/s':>12}{'tokens/s':>10}{'GFLOP/step':>11}"
+              f"{'spread':>18}{'steps/s':>9}{'examples/s':>12}{'tokens/s':>10}{'GFLOP/step':>11}"
               f"{'xla GFLOP':>10}{'MFU':>7}{'peak MB':>9}")
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
             f"{r.model:<12}{r.strategy:<9}{r.devices:>4}{r.batch:>7}{r.micro_batches:>6}{r.compile_s:>10.2f}{r.step_ms_median:>10.2f}"
-            f"{f'{r.step_ms_min:.2f}-{r.step_ms_max:.2f}':>16}{r.steps_per_s:>9.1f}{r.examples_per_s:>12.0f}"
+            f"{f'{r.step_ms_min:.2f}-{r.step_ms_max:.2f}':>18}{r.steps_per_s:>9.1f}{r.examples_per_s:>12.{0 if r.examples_per_s >= 100 else 2}f}"
             f"{(f'{r.tokens_per_s:.0f}' if r.tokens_per_s else '-'):>10}"
             f"{(f'{r.flops_per_step / 1e9:.3f}' if r.flops_per_step else '-'):>11}"
             f"{(f'{r.xla_flops_per_step / 1e9:.3f}' if r.xla_flops_per_step else '-'):>10}"
