@@ -212,18 +212,16 @@ def peaks_for(device, dtypes) -> dict[str, tuple[float | None, str]]:
         probe = flops_lib.measure_matmul_peak(device=device)
         return {dtype: (probe, "the machine's: f32 1024^3 matmul probe, this run; host devices share it")
                 for dtype in dtypes}
+    precision = jax.config.jax_default_matmul_precision or "default"
+    sheets = {"bfloat16": f"per device, {device.device_kind} bfloat16 spec sheet",
+              "float32": f"per device, {device.device_kind} spec sheet for float32 matmuls "
+                         f"at jax's {precision} precision"}
     peaks = {}
     for dtype in dtypes:
         peak = flops_lib.device_peak_flops(device, dtype)
-        if peak is None:
-            peaks[dtype] = (None, f"no {dtype} figure for {device.device_kind!r} in flaxgen/flops.py "
-                                  "PEAK_FLOPS; add its spec sheet's dense peak there to get MFU")
-        elif dtype == "bfloat16":
-            peaks[dtype] = (peak, f"per device, {device.device_kind} bfloat16 spec sheet")
-        else:
-            precision = jax.config.jax_default_matmul_precision or "default"
-            peaks[dtype] = (peak, f"per device, {device.device_kind} spec sheet for float32 matmuls "
-                                  f"at jax's {precision} precision")
+        peaks[dtype] = (peak, sheets[dtype] if peak else
+                        f"no {dtype} figure for {device.device_kind!r} in flaxgen/flops.py "
+                        "PEAK_FLOPS; add its spec sheet's dense peak there to get MFU")
     return peaks
 
 
@@ -355,10 +353,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
     results, peers = [], []
     for model in models:
         batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
+        peak = peaks[case_dtype(model, dtype)][0]
         for strategy in strategies:
             for batch in batches:
                 result, run = time_case(model, batch, strategy, args.devices, dtype, args.repeats,
-                                        peak_flops=peaks[case_dtype(model, dtype)][0], steps=args.steps)
+                                        peak_flops=peak, steps=args.steps)
                 results.append(result)
                 print(format_table([result]).splitlines()[-1], flush=True)
                 if args.peers and strategy == "single" and batch == batches[0]:
