@@ -108,7 +108,8 @@ def test_piped_peer_runs_steps_in_its_worker_and_says_why_a_worker_failed(tmp_pa
 def test_each_case_is_measured_against_its_own_dtypes_peak(tmp_path, monkeypatch):
     assert bench.case_dtype("gpt_cpu", "bfloat16") == "bfloat16"
     assert bench.case_dtype("gpt2_small", None) == "bfloat16"
-    assert bench.case_dtype("vae", "bfloat16") == "float32"   # only the GPT has a compute dtype
+    assert bench.case_dtype("vae", None) == "float32"
+    assert bench.case_dtype("vae", "bfloat16") == "bfloat16"
     asked = []
 
     def fake_peaks(device, dtypes):
@@ -119,7 +120,7 @@ def test_each_case_is_measured_against_its_own_dtypes_peak(tmp_path, monkeypatch
     out = tmp_path / "results"
     main(["bench", "--models", "autoencoder", "--dtype", "bfloat16", "--batch-sizes", "16",
           "--repeats", "1", "--steps", "1", "--out", str(out)])
-    assert asked == [["float32"]]
+    assert asked == [["bfloat16"]]
     (result,) = json.loads((out / "results.json").read_text())["results"]
-    assert result["dtype"] == "float32"
-    assert result["mfu"] == pytest.approx(result["achieved_tflops"] / 1.0)  # the f32 peak, 1 TFLOP/s
+    assert result["dtype"] == "bfloat16"
+    assert result["mfu"] == pytest.approx(result["achieved_tflops"] / 1000.0)  # the bf16 peak, 1 PFLOP/s

@@ -27,3 +27,20 @@ def test_gemm_layers_compute_flax_functions_and_gradients(size, cin, cout, kerne
         grads_expected, grads_got = loss(reference)(params, x), loss(ours)(params, x)
         for a, b in zip(jax.tree.leaves(grads_expected), jax.tree.leaves(grads_got)):
             np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_bfloat16_gemm_layers_keep_their_gradients(transpose):
+    # Every output position adds to the bias gradient: 6,272 same-sign terms here, which a
+    # bfloat16 sum gets ~8% wrong; the layer must sum them in float32.
+    x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 4))
+    grads = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        layer = GemmConv(4, (3, 3), strides=(1, 1), transpose=transpose, dtype=dtype)
+        params = layer.init(jax.random.key(1), x)
+        loss = lambda p, x: jnp.sum(layer.apply(p, x).astype(jnp.float32) * 0.01)
+        assert layer.apply(params, x).dtype == dtype
+        grads[dtype] = jax.jit(jax.grad(loss, (0, 1)))(params, x)
+    np.testing.assert_allclose(grads[jnp.float32][0]["params"]["bias"], 0.01 * 8 * 28 * 28, rtol=1e-5)
+    for exact, approx in zip(jax.tree.leaves(grads[jnp.float32]), jax.tree.leaves(grads[jnp.bfloat16])):
+        np.testing.assert_allclose(np.asarray(approx, np.float32), exact, rtol=0.01, atol=1e-3)

@@ -8,7 +8,7 @@ from flaxgen.models import make_family
 from flaxgen.models.losses import bernoulli_nats
 from flaxgen.models.vae import gaussian_kl
 from flaxgen.training import rng
-from helpers import tiny_config
+from helpers import tiny_config, tree_equal
 
 
 @pytest.mark.parametrize("kind", ["vae", "conv_vae", "autoencoder", "naive_bayes"])
@@ -100,3 +100,55 @@ def test_grad_norm_is_the_gradients_norm_and_skipped_only_when_not_reported(grad
         assert float(skipped_metrics["grad_norm"]) == float(reported_metrics["grad_norm"])
     else:
         assert np.isnan(float(skipped_metrics["grad_norm"]))
+
+
+SMALL_IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_examples": 64, "batch_size": 8}
+
+
+@pytest.mark.parametrize("model, data", [
+    ({"family": "autoencoder", "code_dim": 8}, SMALL_IMAGES),
+    ({"family": "vae", "arch": "dense", "encoder_hidden": [32], "decoder_hidden": [32], "latent_dim": 4}, SMALL_IMAGES),
+    ({"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 8}, SMALL_IMAGES),
+    ({"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 8, "fast_conv": False}, SMALL_IMAGES),
+    ({"family": "gan", "arch": "dense", "hidden": [16, 32], "latent_dim": 8}, SMALL_IMAGES),
+    ({"family": "gan", "arch": "dcgan", "dcgan_width": 4, "latent_dim": 8, "r1_gamma": 1.0}, SMALL_IMAGES),
+    ({"family": "gan", "arch": "mlp2d", "mlp_width": 16, "mlp_depth": 2, "latent_dim": 4},
+     {"name": "ring8", "batch_size": 16}),
+], ids=["autoencoder", "vae", "conv_vae", "conv_vae_flax_convs", "gan", "dcgan", "gan_mlp2d"])
+def test_bfloat16_computes_in_bfloat16_and_keeps_the_function(model, data):
+    from flaxgen.config import build_config
+
+    families, lowered = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        config = build_config({"model": {**model, "dtype": dtype}, "data": data})
+        source = make_source(config)
+        families[dtype] = make_family(config, source.info)
+    batch, key = next(source.eval_batches(data["batch_size"], 1)), jax.random.key(4)
+    state = jax.jit(families["float32"].init)(rng.stream(0, "init"), batch)
+    # the same float32 parameters whatever the compute dtype: checkpoints move between them
+    assert tree_equal(state, jax.jit(families["bfloat16"].init)(rng.stream(0, "init"), batch))
+    outcome = {}
+    for dtype, family in families.items():
+        step = jax.jit(family.train_step)
+        lowered[dtype] = step.lower(state, batch, key).as_text()
+        outcome[dtype] = step(state, batch, key)
+    # every matmul and convolution reads bfloat16 operands, and none does in float32
+    products = lambda text: [line for line in text.splitlines()
+                             if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
+    assert products(lowered["bfloat16"]) and all("bf16" in line for line in products(lowered["bfloat16"]))
+    assert not any("bf16" in line for line in products(lowered["float32"]))
+    (state32, metrics32), (state16, metrics16) = outcome["float32"], outcome["bfloat16"]
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state16.params))
+    for name, value in metrics32.items():
+        if np.isfinite(float(value)):   # grad_norm is NaN when a step skips it
+            np.testing.assert_allclose(float(metrics16[name]), float(value), rtol=0.03, atol=0.03, err_msg=name)
+    assert any(float(metrics16[name]) != float(value) for name, value in metrics32.items())  # it did run
+
+
+@pytest.mark.parametrize("family", ["autoencoder", "vae", "gan"])
+def test_an_unknown_compute_dtype_is_refused_in_one_line(family):
+    from flaxgen.config import ConfigError, build_config
+
+    config = build_config({"model": {"family": family, "dtype": "float16"}, "data": SMALL_IMAGES})
+    with pytest.raises(ConfigError, match=r"^config key 'model.dtype' is 'float16'; use float32 or bfloat16$"):
+        make_family(config, {"image_shape": (28, 28, 1)})

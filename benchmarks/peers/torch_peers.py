@@ -103,7 +103,7 @@ class ConvVAE(nn.Module):
         return (recon + kl).mean()
 
 
-def conv_vae_step(batch, device, compiled, micro_batches=1):
+def conv_vae_step(batch, device, compiled, micro_batches=1, dtype=torch.float32):
     model = ConvVAE().to(device)
     loss_fn = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -114,7 +114,9 @@ def conv_vae_step(batch, device, compiled, micro_batches=1):
         x = data[torch.randint(0, data.shape[0], (batch,), device=device, generator=generator)]
         optimizer.zero_grad(set_to_none=True)
         for part in x.chunk(micro_batches):
-            (loss_fn(part) / micro_batches).backward()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = loss_fn(part)
+            (loss / micro_batches).backward()
         optimizer.step()
     return step
 
@@ -156,7 +158,7 @@ class Discriminator(nn.Module):
         return self.net(x)[:, 0]
 
 
-def dcgan_step(batch, device, compiled, latent=64, r1_gamma=1.0):
+def dcgan_step(batch, device, compiled, latent=64, r1_gamma=1.0, dtype=torch.float32):
     g, d = Generator(latent).to(device), Discriminator().to(device)
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -165,18 +167,23 @@ def dcgan_step(batch, device, compiled, latent=64, r1_gamma=1.0):
     data = torch.rand(4096, 1, 28, 28, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
 
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
     def step():
         real = data[torch.randint(0, data.shape[0], (batch,), device=device, generator=generator)]
         real.requires_grad_(True)
-        fake = g_fwd(torch.randn(batch, latent, device=device)).detach()
-        real_logits = d_fwd(real)
-        loss_d = F.softplus(-real_logits).mean() + F.softplus(d_fwd(fake)).mean()
+        with autocast():
+            fake = g_fwd(torch.randn(batch, latent, device=device)).detach()
+            real_logits, fake_logits = d_fwd(real).float(), d_fwd(fake).float()
+        loss_d = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
         (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
         loss_d = loss_d + 0.5 * r1_gamma * grad.pow(2).flatten(1).sum(1).mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        loss_g = F.softplus(-d_fwd(g_fwd(torch.randn(batch, latent, device=device)))).mean()
+        with autocast():
+            fake_logits = d_fwd(g_fwd(torch.randn(batch, latent, device=device))).float()
+        loss_g = F.softplus(-fake_logits).mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -201,7 +208,7 @@ def make(model: str, batch: int, dtype: str = "float32", micro_batches: int = 1)
         if micro > 1:
             name += f" {micro}x{batch // micro}"
         try:
-            kwargs = {"dtype": torch.bfloat16} if (model == "gpt_cpu" and dtype == "bfloat16") else {}
+            kwargs = {"dtype": torch.bfloat16} if dtype == "bfloat16" else {}
             if model in MICRO_BATCHED:
                 kwargs["micro_batches"] = micro
             run = _timed(STEPS[model](batch, device, compiled, **kwargs), device)

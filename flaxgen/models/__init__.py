@@ -44,6 +44,19 @@ class Family:
     tokens_per_example: int = 0        # >0 for sequence models: reports tokens/s
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(model_config):
+    """The jnp dtype named by `model.dtype`: what a model's layers compute in. Parameters,
+    optimizer state and losses stay float32 whatever it is."""
+    import jax.numpy as jnp
+
+    if model_config.dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"config key 'model.dtype' is {model_config.dtype!r}; use {' or '.join(COMPUTE_DTYPES)}")
+    return jnp.dtype(model_config.dtype)
+
+
 def family_names() -> list[str]:
     return sorted(FAMILIES)
 

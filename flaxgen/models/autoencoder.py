@@ -7,35 +7,39 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxgen.models import Family
+from flaxgen.models import Family, compute_dtype
 from flaxgen.models.losses import bernoulli_nats
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
 
 
 def defaults() -> dict:
-    return {"model": {"family": "autoencoder", "code_dim": 32}}
+    return {"model": {"family": "autoencoder", "code_dim": 32,
+                      "dtype": "float32"}}   # compute dtype: float32 | bfloat16
 
 
 class Autoencoder(nn.Module):
     code_dim: int
     image_shape: tuple
+    dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        self.encoder = nn.Dense(self.code_dim)
-        self.decoder = nn.Dense(math.prod(self.image_shape))
+        self.encoder = nn.Dense(self.code_dim, dtype=self.dtype)
+        self.decoder = nn.Dense(math.prod(self.image_shape), dtype=self.dtype)
 
     def encode(self, x_BxHxWxC):
         return nn.relu(self.encoder(x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)))
 
     def decode_logits(self, code_BxK):
-        return self.decoder(code_BxK).reshape(code_BxK.shape[0], *self.image_shape)
+        # float32 logits: the loss and the sigmoid are computed at full precision
+        logits = self.decoder(code_BxK).astype(jnp.float32)
+        return logits.reshape(code_BxK.shape[0], *self.image_shape)
 
     def __call__(self, x_BxHxWxC):
         return self.decode_logits(self.encode(x_BxHxWxC))
 
 
 def make(config, info) -> Family:
-    model = Autoencoder(config.model.code_dim, tuple(info["image_shape"]))
+    model = Autoencoder(config.model.code_dim, tuple(info["image_shape"]), compute_dtype(config.model))
     tx = make_optimizer(config.optim, config.train.steps)
 
     def init(key, batch):

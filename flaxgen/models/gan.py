@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxgen.config import ConfigError
-from flaxgen.models import Family
+from flaxgen.models import Family, compute_dtype
 from flaxgen.models.layers import conv_layers
 from flaxgen.training import parallel, rng
 from flaxgen.training.state import TrainState, apply_updates, make_optimizer
@@ -35,6 +35,7 @@ def defaults() -> dict:
             "mlp_width": 128,           # mlp2d
             "mlp_depth": 3,
             "dcgan_width": 64,
+            "dtype": "float32",         # compute dtype: float32 | bfloat16
         },
         # The discriminator's optimizer; `optim` is the generator's.
         "optim_d": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8,
@@ -43,54 +44,63 @@ def defaults() -> dict:
     }
 
 
+# Each player computes in `dtype` and returns float32 (images, logits): losses, R1 and samples
+# stay at full precision.
+
 class DenseGenerator(nn.Module):
     hidden: Sequence[int]
     shape: tuple
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z):
         h = z
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
-        return nn.sigmoid(nn.Dense(math.prod(self.shape))(h)).reshape(z.shape[0], *self.shape)
+            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
+        logits = nn.Dense(math.prod(self.shape), dtype=self.dtype)(h).astype(jnp.float32)
+        return nn.sigmoid(logits).reshape(z.shape[0], *self.shape)
 
 
 class DenseDiscriminator(nn.Module):
     hidden: Sequence[int]
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         h = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
-        return nn.Dense(1)(h)[:, 0]
+            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
+        return nn.Dense(1, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
 
 
 class DCGenerator(nn.Module):
     """z -> 7x7x(2w) -> ConvT(w, 4, s2) 14x14 -> ConvT(C, 4, s2) 28x28, sigmoid."""
     width: int
     shape: tuple
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z):
         _, convt = conv_layers(True)
         h, w, c = self.shape
-        x = nn.Dense((h // 4) * (w // 4) * 2 * self.width)(z).reshape(z.shape[0], h // 4, w // 4, 2 * self.width)
-        x = nn.relu(nn.LayerNorm()(x))
-        x = nn.relu(nn.LayerNorm()(convt(self.width, (4, 4), strides=(2, 2))(x)))
-        return nn.sigmoid(convt(c, (4, 4), strides=(2, 2))(x))
+        x = nn.Dense((h // 4) * (w // 4) * 2 * self.width, dtype=self.dtype)(z)
+        x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x.reshape(z.shape[0], h // 4, w // 4, 2 * self.width)))
+        x = convt(self.width, (4, 4), strides=(2, 2), dtype=self.dtype)(x)
+        x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x))
+        return nn.sigmoid(convt(c, (4, 4), strides=(2, 2), dtype=self.dtype)(x).astype(jnp.float32))
 
 
 class DCDiscriminator(nn.Module):
     """Conv(w, 4, s2) -> Conv(2w, 4, s2) -> Dense(1), leaky ReLU, no normalisation (R1 regularises)."""
     width: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         conv, _ = conv_layers(True)
-        x = nn.leaky_relu(conv(self.width, (4, 4), strides=(2, 2))(x), 0.2)
-        x = nn.leaky_relu(conv(2 * self.width, (4, 4), strides=(2, 2))(x), 0.2)
-        return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+        x = nn.leaky_relu(conv(self.width, (4, 4), strides=(2, 2), dtype=self.dtype)(x), 0.2)
+        x = nn.leaky_relu(conv(2 * self.width, (4, 4), strides=(2, 2), dtype=self.dtype)(x), 0.2)
+        return nn.Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))[:, 0].astype(jnp.float32)
 
 
 class MLP(nn.Module):
@@ -98,27 +108,30 @@ class MLP(nn.Module):
     depth: int
     out: int
     leaky: bool = False
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
         for _ in range(self.depth):
-            x = nn.Dense(self.width)(x)
+            x = nn.Dense(self.width, dtype=self.dtype)(x)
             x = nn.leaky_relu(x, 0.2) if self.leaky else nn.relu(x)
-        x = nn.Dense(self.out)(x)
+        x = nn.Dense(self.out, dtype=self.dtype)(x).astype(jnp.float32)
         return x[:, 0] if self.out == 1 else x
 
 
 def build_players(config, info):
     m = config.model
+    dtype = compute_dtype(m)
     if m.arch == "dense":
         shape = tuple(info["image_shape"])
-        return DenseGenerator(tuple(m.hidden), shape), DenseDiscriminator(tuple(reversed(m.hidden)))
+        return DenseGenerator(tuple(m.hidden), shape, dtype), DenseDiscriminator(tuple(reversed(m.hidden)), dtype)
     if m.arch == "dcgan":
         shape = tuple(info["image_shape"])
-        return DCGenerator(m.dcgan_width, shape), DCDiscriminator(m.dcgan_width)
+        return DCGenerator(m.dcgan_width, shape, dtype), DCDiscriminator(m.dcgan_width, dtype)
     if m.arch == "mlp2d":
-        return MLP(m.mlp_width, m.mlp_depth, 2), MLP(m.mlp_width, m.mlp_depth, 1, leaky=True)
+        return (MLP(m.mlp_width, m.mlp_depth, 2, dtype=dtype),
+                MLP(m.mlp_width, m.mlp_depth, 1, leaky=True, dtype=dtype))
     raise ConfigError(f"config key 'model.arch' is {m.arch!r}; use dense, dcgan or mlp2d")
 
 

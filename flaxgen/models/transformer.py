@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from flaxgen.config import ConfigError
-from flaxgen.models import Family
+from flaxgen.models import Family, compute_dtype
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
 
 
@@ -318,13 +318,11 @@ def build_model(config, info) -> GPT:
         raise ConfigError(f"model.d_model {m.d_model} must be a multiple of model.n_head {m.n_head}")
     if m.positions not in ("learned", "rope"):
         raise ConfigError(f"config key 'model.positions' is {m.positions!r}; use learned or rope")
-    if m.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"config key 'model.dtype' is {m.dtype!r}; use float32 or bfloat16")
     if m.attention not in ("auto", "einsum", "xla", "cudnn"):
         raise ConfigError(f"config key 'model.attention' is {m.attention!r}; use auto, einsum, xla or cudnn")
     implementation = None if m.attention == "auto" else m.attention
     return GPT(vocab, info["block_size"], m.n_layer, m.n_head, m.d_model, m.dropout, m.positions == "rope",
-               jnp.dtype(m.dtype), m.remat, m.scan_layers, implementation)
+               compute_dtype(m), m.remat, m.scan_layers, implementation)
 
 
 def make(config, info) -> Family:

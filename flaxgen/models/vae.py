@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxgen.models import Family
+from flaxgen.models import Family, compute_dtype
 from flaxgen.models.layers import conv_layers
 from flaxgen.models.losses import bernoulli_nats
 from flaxgen.training import rng
@@ -24,31 +24,42 @@ def defaults() -> dict:
         "latent_dim": 32,
         "conv_dense": 16,                # conv: the Dense(16) before the latent
         "fast_conv": True,               # conv: stride-1 formulations (see layers.py)
+        "dtype": "float32",              # compute dtype: float32 | bfloat16
     }}
+
+
+def gaussian_head(h, latent_dim, dtype):
+    """(mean, logvar) in float32: the reparameterisation and the KL need full precision."""
+    mean = nn.Dense(latent_dim, dtype=dtype, name="mean")(h)
+    logvar = nn.Dense(latent_dim, dtype=dtype, name="logvar")(h)
+    return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
 
 class DenseEncoder(nn.Module):
     hidden: Sequence[int]
     latent_dim: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
         h = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
-        return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
+            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
+        return gaussian_head(h, self.latent_dim, self.dtype)
 
 
 class DenseDecoder(nn.Module):
     hidden: Sequence[int]
     image_shape: tuple
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z_BxZ):
         h = z_BxZ
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
-        return nn.Dense(math.prod(self.image_shape))(h).reshape(z_BxZ.shape[0], *self.image_shape)
+            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
+        logits = nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(h).astype(jnp.float32)
+        return logits.reshape(z_BxZ.shape[0], *self.image_shape)
 
 
 class ConvEncoder(nn.Module):
@@ -56,30 +67,32 @@ class ConvEncoder(nn.Module):
     latent_dim: int
     dense: int
     fast: bool
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
         conv, _ = conv_layers(self.fast)
-        h = nn.relu(conv(32, (3, 3), strides=(2, 2))(x_BxHxWxC))
-        h = nn.relu(conv(64, (3, 3), strides=(2, 2))(h))
-        h = nn.relu(nn.Dense(self.dense)(h.reshape(h.shape[0], -1)))
-        return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
+        h = nn.relu(conv(32, (3, 3), strides=(2, 2), dtype=self.dtype)(x_BxHxWxC))
+        h = nn.relu(conv(64, (3, 3), strides=(2, 2), dtype=self.dtype)(h))
+        h = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(h.reshape(h.shape[0], -1)))
+        return gaussian_head(h, self.latent_dim, self.dtype)
 
 
 class ConvDecoder(nn.Module):
     """Dense(7*7*64) -> ConvT(64,3,s2) -> ConvT(32,3,s2) -> ConvT(1,3) logits."""
     image_shape: tuple
     fast: bool
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z_BxZ):
         _, convt = conv_layers(self.fast)
         height, width, channels = self.image_shape
-        h = nn.relu(nn.Dense((height // 4) * (width // 4) * 64)(z_BxZ))
+        h = nn.relu(nn.Dense((height // 4) * (width // 4) * 64, dtype=self.dtype)(z_BxZ))
         h = h.reshape(z_BxZ.shape[0], height // 4, width // 4, 64)
-        h = nn.relu(convt(64, (3, 3), strides=(2, 2))(h))
-        h = nn.relu(convt(32, (3, 3), strides=(2, 2))(h))
-        return convt(channels, (3, 3), strides=(1, 1))(h)
+        h = nn.relu(convt(64, (3, 3), strides=(2, 2), dtype=self.dtype)(h))
+        h = nn.relu(convt(32, (3, 3), strides=(2, 2), dtype=self.dtype)(h))
+        return convt(channels, (3, 3), strides=(1, 1), dtype=self.dtype)(h).astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -106,11 +119,13 @@ def gaussian_kl(mean, logvar):
 def build_model(config, info) -> VAE:
     m = config.model
     shape = tuple(info["image_shape"])
+    dtype = compute_dtype(m)
     if m.arch == "dense":
-        return VAE(DenseEncoder(tuple(m.encoder_hidden), m.latent_dim),
-                   DenseDecoder(tuple(m.decoder_hidden), shape))
+        return VAE(DenseEncoder(tuple(m.encoder_hidden), m.latent_dim, dtype),
+                   DenseDecoder(tuple(m.decoder_hidden), shape, dtype))
     if m.arch == "conv":
-        return VAE(ConvEncoder(m.latent_dim, m.conv_dense, m.fast_conv), ConvDecoder(shape, m.fast_conv))
+        return VAE(ConvEncoder(m.latent_dim, m.conv_dense, m.fast_conv, dtype),
+                   ConvDecoder(shape, m.fast_conv, dtype))
     from flaxgen.config import ConfigError
     raise ConfigError(f"config key 'model.arch' is {m.arch!r}; use dense or conv")
 
