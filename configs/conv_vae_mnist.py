@@ -4,8 +4,7 @@
 def get_config():
     return {
         "seed": 0,
-        "model": {"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 16,
-                  "fast_conv": True},
+        "model": {"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 16},
         "data": {"name": "mnist", "batch_size": 128},
         # The batch of 128 as 4 micro-batches of 32: the same gradient, ~1.3x faster steps on a
         # 2-core CPU (cache-sized work; see benchmarks/README.md). 1 on accelerators.

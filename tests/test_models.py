@@ -109,12 +109,12 @@ SMALL_IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_exa
     ({"family": "autoencoder", "code_dim": 8}, SMALL_IMAGES),
     ({"family": "vae", "arch": "dense", "encoder_hidden": [32], "decoder_hidden": [32], "latent_dim": 4}, SMALL_IMAGES),
     ({"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 8}, SMALL_IMAGES),
-    ({"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 8, "fast_conv": False}, SMALL_IMAGES),
+    ({"family": "vae", "arch": "conv", "latent_dim": 2, "conv_dense": 8, "conv": "xla"}, SMALL_IMAGES),
     ({"family": "gan", "arch": "dense", "hidden": [16, 32], "latent_dim": 8}, SMALL_IMAGES),
     ({"family": "gan", "arch": "dcgan", "dcgan_width": 4, "latent_dim": 8, "r1_gamma": 1.0}, SMALL_IMAGES),
     ({"family": "gan", "arch": "mlp2d", "mlp_width": 16, "mlp_depth": 2, "latent_dim": 4},
      {"name": "ring8", "batch_size": 16}),
-], ids=["autoencoder", "vae", "conv_vae", "conv_vae_flax_convs", "gan", "dcgan", "gan_mlp2d"])
+], ids=["autoencoder", "vae", "conv_vae", "conv_vae_xla_convs", "gan", "dcgan", "gan_mlp2d"])
 def test_bfloat16_computes_in_bfloat16_and_keeps_the_function(model, data):
     from flaxgen.config import build_config
 

@@ -16,7 +16,7 @@ import optax
 
 from flaxgen.config import ConfigError
 from flaxgen.models import Family, compute_dtype
-from flaxgen.models.layers import conv_layers
+from flaxgen.models.layers import conv_implementation, conv_layers
 from flaxgen.training import parallel, rng
 from flaxgen.training.state import TrainState, apply_updates, make_optimizer
 
@@ -35,6 +35,7 @@ def defaults() -> dict:
             "mlp_width": 128,           # mlp2d
             "mlp_depth": 3,
             "dcgan_width": 64,
+            "conv": "auto",             # dcgan: auto | gemm | xla (see layers.conv_implementation)
             "dtype": "float32",         # compute dtype: float32 | bfloat16
         },
         # The discriminator's optimizer; `optim` is the generator's.
@@ -77,29 +78,30 @@ class DCGenerator(nn.Module):
     """z -> 7x7x(2w) -> ConvT(w, 4, s2) 14x14 -> ConvT(C, 4, s2) 28x28, sigmoid."""
     width: int
     shape: tuple
+    conv: str = "gemm"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z):
-        _, convt = conv_layers(True)
+        _, convt = conv_layers(self.conv, self.dtype)
         h, w, c = self.shape
         x = nn.Dense((h // 4) * (w // 4) * 2 * self.width, dtype=self.dtype)(z)
         x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x.reshape(z.shape[0], h // 4, w // 4, 2 * self.width)))
-        x = convt(self.width, (4, 4), strides=(2, 2), dtype=self.dtype)(x)
-        x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x))
-        return nn.sigmoid(convt(c, (4, 4), strides=(2, 2), dtype=self.dtype)(x).astype(jnp.float32))
+        x = nn.relu(nn.LayerNorm(dtype=self.dtype)(convt(self.width, (4, 4), (2, 2))(x)))
+        return nn.sigmoid(convt(c, (4, 4), (2, 2))(x).astype(jnp.float32))
 
 
 class DCDiscriminator(nn.Module):
     """Conv(w, 4, s2) -> Conv(2w, 4, s2) -> Dense(1), leaky ReLU, no normalisation (R1 regularises)."""
     width: int
+    conv: str = "gemm"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        conv, _ = conv_layers(True)
-        x = nn.leaky_relu(conv(self.width, (4, 4), strides=(2, 2), dtype=self.dtype)(x), 0.2)
-        x = nn.leaky_relu(conv(2 * self.width, (4, 4), strides=(2, 2), dtype=self.dtype)(x), 0.2)
+        conv, _ = conv_layers(self.conv, self.dtype)
+        x = nn.leaky_relu(conv(self.width, (4, 4), (2, 2))(x), 0.2)
+        x = nn.leaky_relu(conv(2 * self.width, (4, 4), (2, 2))(x), 0.2)
         return nn.Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))[:, 0].astype(jnp.float32)
 
 
@@ -128,7 +130,8 @@ def build_players(config, info):
         return DenseGenerator(tuple(m.hidden), shape, dtype), DenseDiscriminator(tuple(reversed(m.hidden)), dtype)
     if m.arch == "dcgan":
         shape = tuple(info["image_shape"])
-        return DCGenerator(m.dcgan_width, shape, dtype), DCDiscriminator(m.dcgan_width, dtype)
+        conv = conv_implementation(m.conv)
+        return DCGenerator(m.dcgan_width, shape, conv, dtype), DCDiscriminator(m.dcgan_width, conv, dtype)
     if m.arch == "mlp2d":
         return (MLP(m.mlp_width, m.mlp_depth, 2, dtype=dtype),
                 MLP(m.mlp_width, m.mlp_depth, 1, leaky=True, dtype=dtype))

@@ -1,10 +1,11 @@
-"""Strided convolutions as 2-D matmuls plus shifted adds/slices.
+"""Convolutions for the image families, and strided convolutions as 2-D matmuls.
 
 XLA:CPU runs convolutions with dilated inputs (a strided transposed convolution, and the input
 gradient of a strided convolution) on a very slow path, and small-channel convolutions well
-below its matmul speed. These layers compute exactly the function of `nn.ConvTranspose` /
-`nn.Conv` with 'SAME' padding and the same parameters (kernel HWIO, bias), but every heavy
-operation they emit, forward and backward, is one 2-D matmul.
+below its matmul speed. `conv_gemm` and `conv_transpose_gemm` compute exactly the function of
+`nn.Conv` / `nn.ConvTranspose` with 'SAME' padding and the same parameters (kernel HWIO, bias),
+but every heavy operation they emit, forward and backward, is one 2-D matmul plus shifted
+adds/slices. `Conv2D` runs either those or lax's convolutions (`model.conv`).
 """
 from __future__ import annotations
 
@@ -75,8 +76,31 @@ def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return out.reshape(n, out_h, out_w, cout)
 
 
-class GemmConv(nn.Module):
-    """Drop-in for nn.Conv (or, with transpose=True, nn.ConvTranspose) with padding='SAME'."""
+CONV_IMPLEMENTATIONS = ("auto", "gemm", "xla")
+
+
+def conv_implementation(name: str) -> str:
+    """`model.conv`: 'gemm' (the matmul formulations above), 'xla' (lax's convolutions, which
+    XLA hands to cuDNN on GPUs), or 'auto': gemm on CPU, where they are faster, xla elsewhere."""
+    if name not in CONV_IMPLEMENTATIONS:
+        from flaxgen.config import ConfigError
+        raise ConfigError(f"config key 'model.conv' is {name!r}; use {', '.join(CONV_IMPLEMENTATIONS)}")
+    if name == "auto":
+        return "gemm" if jax.default_backend() == "cpu" else "xla"
+    return name
+
+
+def _lax_conv(x, kernel, stride: int, transpose: bool):
+    """flax's nn.Conv / nn.ConvTranspose function ('SAME', NHWC, kernel HWIO)."""
+    layout = ("NHWC", "HWIO", "NHWC")
+    if transpose:
+        return jax.lax.conv_transpose(x, kernel, (stride, stride), "SAME", dimension_numbers=layout)
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME", dimension_numbers=layout)
+
+
+class Conv2D(nn.Module):
+    """nn.Conv (or, with transpose=True, nn.ConvTranspose) with padding 'SAME': the same function
+    and parameters, computed by the matmul formulations or by lax's convolutions."""
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
@@ -85,12 +109,16 @@ class GemmConv(nn.Module):
     use_bias: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32    # compute dtype, as nn.Conv's: the float32 parameters are cast to it
+    implementation: str = "gemm"    # gemm | xla (see conv_implementation)
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        op = conv_transpose_gemm if self.transpose else conv_gemm
-        y = op(x.astype(self.dtype), kernel.astype(self.dtype), self.strides[0])
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if self.implementation == "gemm":
+            y = (conv_transpose_gemm if self.transpose else conv_gemm)(x, kernel, self.strides[0])
+        else:
+            y = _lax_conv(x, kernel, self.strides[0], self.transpose)
         if self.use_bias:
             # Added in float32: the bias gradient sums over every output position (6,272 at 28x28,
             # batch 8), and a bfloat16 sum that long loses 10-90% of it.
@@ -99,16 +127,10 @@ class GemmConv(nn.Module):
         return y
 
 
-def GemmConvTranspose(features, kernel_size=(3, 3), strides=(2, 2), **kwargs) -> GemmConv:
-    return GemmConv(features, kernel_size, strides, transpose=True, **kwargs)
-
-
-def conv_layers(fast: bool):
-    """(Conv, ConvTranspose) constructors: the matmul formulations, or flax's own."""
-    if fast:
-        return GemmConv, GemmConvTranspose
-    conv = lambda features, kernel_size=(3, 3), strides=(2, 2), **kw: nn.Conv(
-        features, kernel_size, strides=strides, padding="SAME", **kw)
-    convt = lambda features, kernel_size=(3, 3), strides=(2, 2), **kw: nn.ConvTranspose(
-        features, kernel_size, strides=strides, padding="SAME", **kw)
-    return conv, convt
+def conv_layers(implementation: str, dtype=jnp.float32):
+    """(conv, conv_transpose) constructors taking (features, kernel_size, strides)."""
+    conv = lambda features, kernel_size, strides: Conv2D(
+        features, kernel_size, strides, dtype=dtype, implementation=implementation)
+    conv_transpose = lambda features, kernel_size, strides: Conv2D(
+        features, kernel_size, strides, transpose=True, dtype=dtype, implementation=implementation)
+    return conv, conv_transpose

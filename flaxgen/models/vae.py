@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxgen.models import Family, compute_dtype
-from flaxgen.models.layers import conv_layers
+from flaxgen.models.layers import conv_implementation, conv_layers
 from flaxgen.models.losses import bernoulli_nats
 from flaxgen.training import rng
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
@@ -23,7 +23,7 @@ def defaults() -> dict:
         "decoder_hidden": [256, 512],    # dense
         "latent_dim": 32,
         "conv_dense": 16,                # conv: the Dense(16) before the latent
-        "fast_conv": True,               # conv: stride-1 formulations (see layers.py)
+        "conv": "auto",                  # conv: auto | gemm | xla (see layers.conv_implementation)
         "dtype": "float32",              # compute dtype: float32 | bfloat16
     }}
 
@@ -66,14 +66,14 @@ class ConvEncoder(nn.Module):
     """Conv2D(32,3,s2) -> Conv2D(64,3,s2) -> Dense(16) -> (mean, logvar)."""
     latent_dim: int
     dense: int
-    fast: bool
+    conv: str = "gemm"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
-        conv, _ = conv_layers(self.fast)
-        h = nn.relu(conv(32, (3, 3), strides=(2, 2), dtype=self.dtype)(x_BxHxWxC))
-        h = nn.relu(conv(64, (3, 3), strides=(2, 2), dtype=self.dtype)(h))
+        conv, _ = conv_layers(self.conv, self.dtype)
+        h = nn.relu(conv(32, (3, 3), (2, 2))(x_BxHxWxC))
+        h = nn.relu(conv(64, (3, 3), (2, 2))(h))
         h = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(h.reshape(h.shape[0], -1)))
         return gaussian_head(h, self.latent_dim, self.dtype)
 
@@ -81,18 +81,18 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Dense(7*7*64) -> ConvT(64,3,s2) -> ConvT(32,3,s2) -> ConvT(1,3) logits."""
     image_shape: tuple
-    fast: bool
+    conv: str = "gemm"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z_BxZ):
-        _, convt = conv_layers(self.fast)
+        _, convt = conv_layers(self.conv, self.dtype)
         height, width, channels = self.image_shape
         h = nn.relu(nn.Dense((height // 4) * (width // 4) * 64, dtype=self.dtype)(z_BxZ))
         h = h.reshape(z_BxZ.shape[0], height // 4, width // 4, 64)
-        h = nn.relu(convt(64, (3, 3), strides=(2, 2), dtype=self.dtype)(h))
-        h = nn.relu(convt(32, (3, 3), strides=(2, 2), dtype=self.dtype)(h))
-        return convt(channels, (3, 3), strides=(1, 1), dtype=self.dtype)(h).astype(jnp.float32)
+        h = nn.relu(convt(64, (3, 3), (2, 2))(h))
+        h = nn.relu(convt(32, (3, 3), (2, 2))(h))
+        return convt(channels, (3, 3), (1, 1))(h).astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -124,8 +124,8 @@ def build_model(config, info) -> VAE:
         return VAE(DenseEncoder(tuple(m.encoder_hidden), m.latent_dim, dtype),
                    DenseDecoder(tuple(m.decoder_hidden), shape, dtype))
     if m.arch == "conv":
-        return VAE(ConvEncoder(m.latent_dim, m.conv_dense, m.fast_conv, dtype),
-                   ConvDecoder(shape, m.fast_conv, dtype))
+        conv = conv_implementation(m.conv)
+        return VAE(ConvEncoder(m.latent_dim, m.conv_dense, conv, dtype), ConvDecoder(shape, conv, dtype))
     from flaxgen.config import ConfigError
     raise ConfigError(f"config key 'model.arch' is {m.arch!r}; use dense or conv")
 
