@@ -71,3 +71,23 @@ def test_gan_step_agrees_across_strategies(tmp_path):
     import json
     differences = json.loads(result.stdout.strip().splitlines()[-1])
     assert max(differences.values()) < 1e-5, differences
+
+
+def test_dcgan_step_is_the_same_with_matmul_or_lax_convolutions():
+    # R1 differentiates the critic twice, through either convolution form
+    outcome = {}
+    for conv in ("gemm", "xla"):
+        config = build_config({"model": {"family": "gan", "arch": "dcgan", "dcgan_width": 8, "latent_dim": 8,
+                                         "r1_gamma": 1.0, "conv": conv},
+                               "data": {"name": "synthetic_images", "image_shape": [28, 28, 1],
+                                        "num_examples": 64, "batch_size": 8}})
+        source = make_source(config)
+        family = make_family(config, source.info)
+        batch = next(source.eval_batches(8, 1))
+        state = jax.jit(family.init)(rng.stream(0, "init"), batch)
+        outcome[conv] = jax.jit(family.train_step)(state, batch, jax.random.key(1))
+    # g_loss is taken after the critic's update, so it checks that update too
+    (_, gemm_metrics), (_, xla_metrics) = outcome["gemm"], outcome["xla"]
+    assert gemm_metrics["r1"] > 0
+    for name, value in gemm_metrics.items():
+        assert abs(float(xla_metrics[name]) - float(value)) < 1e-4 * max(1.0, abs(float(value))), name
