@@ -353,8 +353,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if jax.device_count() == 1:
         strategies = [s for s in strategies if s == "single"] or ["single"]
     device = jax.devices()[0]
+    # one compute dtype for every case of the run
     dtype = args.dtype or ("bfloat16" if device.platform in ("gpu", "tpu") else "float32")
-    dtypes = sorted({case_dtype(model, dtype) for model in models})
+    dtypes = [dtype]
     peaks = peaks_for(device, dtypes)
     print(f"flaxgen bench on {device_label()} ({device.device_kind}); MFU peak {describe_peaks(summary_of(peaks))}",
           flush=True)
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         if index and device.platform == "cpu":
             peaks = best_peaks(peaks, peaks_for(device, dtypes))
         batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
-        peak = peaks[case_dtype(model, dtype)][0]
+        peak = peaks[dtype][0]
         for strategy in strategies:
             for batch in batches:
                 result, run = time_case(model, batch, strategy, args.devices, dtype, args.repeats,
@@ -381,7 +382,6 @@ def main(argv: list[str] | None = None) -> list[Result]:
             result.mfu = flops_lib.mfu(result.flops_per_step or result.xla_flops_per_step,
                                        result.step_ms_median / 1e3, peaks[result.dtype][0])
         print(f"\nMFU peak, best of {len(models) + 1} probes: {describe_peaks(summary_of(peaks))}")
-    peak_summary = summary_of(peaks)
     print()
     print(format_table(results))
     if peers:
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         meta = {"device": device_label(), "device_kind": device.device_kind, "backend": device.platform,
                 "jax": jax.__version__, "python": platform.python_version(),
                 "command": "flaxgen bench " + " ".join(argv if argv is not None else sys.argv[2:]),
-                "peaks": peak_summary,
+                "peaks": summary_of(peaks),
                 "date": time.strftime("%Y-%m-%d")}
         write_report(results, peers, meta, Path(args.out))
         print(f"\nwrote {args.out}/results.json, README.md, scaling.png")
