@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from flaxgen import flops as flops_lib
-from flaxgen.config import ConfigError, build_config
+from flaxgen.config import ConfigError, build_config, optimizer_sections
 
 IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_examples": 4096}
 
@@ -48,8 +48,9 @@ MODELS = {
 }
 # On CPU these steps run as micro-batches of this size (gradients averaged: the same update).
 # Measured on 2 cores: the conv VAE at batch 128 takes ~1.3x less time as 4 x 32, the GPT
-# recipe at batch 12 ~1.15x less as 2 x 6; the dense models only lose (see benchmarks/README.md).
-CPU_MICRO_BATCH = {"conv_vae": 32, "gpt_cpu": 6}
+# recipe at batch 12 ~1.15x less as 2 x 6, the DCGAN at batch 128 ~1.25x less as 2 x 64 (at
+# batch 64, 2 x 32 is no faster); the dense models only lose (see benchmarks/README.md).
+CPU_MICRO_BATCH = {"conv_vae": 32, "gpt_cpu": 6, "dcgan": 64}
 PRESETS = {
     "default": ["autoencoder", "vae", "conv_vae", "gan", "dcgan", "gpt_cpu"],
     "full": list(MODELS),
@@ -99,11 +100,18 @@ def case_dtype(model: str, dtype: str | None) -> str:
 def case_config(model: str, batch: int, strategy: str, devices: int | None, dtype: str | None):
     raw = copy.deepcopy(MODELS[model][0])
     raw.setdefault("data", {})["batch_size"] = batch
-    raw.setdefault("optim", {})["accum_steps"] = micro_batches(model, batch, strategy, devices)
     raw["parallel"] = {"strategy": strategy, "num_devices": devices}
     raw["log"] = {"tensorboard": False, "progress": False}
     raw["model"]["dtype"] = case_dtype(model, dtype)
-    return build_config(raw)
+    config = build_config(raw)
+    set_micro_batches(config, micro_batches(model, batch, strategy, devices))
+    return config
+
+
+def set_micro_batches(config, count: int) -> None:
+    """Every player's gradient (a GAN has two optimizer sections) runs as `count` micro-batches."""
+    for name in optimizer_sections(config):
+        config[name].accum_steps = count
 
 
 def time_case(model: str, batch: int, strategy: str = "single", devices: int | None = None,
@@ -123,7 +131,7 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
     if config.optim.accum_steps > 1:
         # cost_analysis counts a loop body once; count the same step compiled as one batch.
         whole_config = copy.deepcopy(config)
-        whole_config.optim.accum_steps = 1
+        set_micro_batches(whole_config, 1)
         whole = Experiment.build(whole_config)
         whole_state = strategy_obj.put_state(whole.init_state())
         xla_flops = _xla_flops(whole.compile_step(whole_state, whole.step_args(0), 0)[0], strategy_obj)

@@ -74,7 +74,7 @@ COMMON_DEFAULTS: dict = {
         "decay_steps": None,        # defaults to train.steps
         "min_lr": 0.0,
         "grad_clip": None,          # global-norm clipping
-        "accum_steps": 1,           # gradient accumulation (optax.MultiSteps)
+        "accum_steps": 1,           # the step's gradient as a scan over this many micro-batches
     },
     "train": {
         "steps": 1000,
@@ -208,24 +208,37 @@ def apply_override(config: dict, item: str) -> None:
             node = node[part]
 
 
+def optimizer_sections(config: Config) -> list[str]:
+    """`optim`, and each player's own optimizer section where a family has one (`optim_d`)."""
+    return [name for name in config if name == "optim" or name.startswith("optim_")]
+
+
 def validate(config: Config) -> None:
     """Checks that need no devices and no compilation."""
     positive = [("data.batch_size", config.data.batch_size), ("train.steps", config.train.steps),
                 ("eval.every", config.eval.every), ("checkpoint.every", config.checkpoint.every),
-                ("log.every", config.log.every), ("optim.accum_steps", config.optim.accum_steps)]
+                ("log.every", config.log.every)]
+    positive += [(f"{name}.accum_steps", config[name].accum_steps) for name in optimizer_sections(config)]
     for key, value in positive:
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(f"config key '{key}' must be a positive integer, got {value!r}")
     choices = {
         "parallel.strategy": (config.parallel.strategy, ("auto", "single", "mesh", "pmap")),
-        "optim.name": (config.optim.name, ("adam", "adamw", "sgd")),
-        "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
         "data.binarize": (config.data.binarize, ("none", "dynamic")),
         "data.tokenizer": (config.data.tokenizer, ("char", "byte")),
     }
+    for name in optimizer_sections(config):
+        choices[f"{name}.name"] = (config[name].name, ("adam", "adamw", "sgd"))
+        choices[f"{name}.schedule"] = (config[name].schedule, ("constant", "cosine"))
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is {value!r}; use one of: {', '.join(allowed)}")
+    for name in optimizer_sections(config):
+        optim = config[name]
+        if optim.weight_decay and optim.name != "adamw":
+            raise ConfigError(f"config key '{name}.weight_decay' is {optim.weight_decay} but {name}.name is "
+                              f"{optim.name!r}, which has no weight decay; set {name}.name=adamw or "
+                              f"{name}.weight_decay=0")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -17,6 +17,13 @@ def test_cpu_micro_batches_split_the_per_device_batch():
     assert bench.micro_batches("autoencoder", 256, "single", None) == 1
 
 
+def test_both_players_of_a_gan_case_run_as_micro_batches():
+    split = bench.case_config("dcgan", 128, "single", None, None)
+    whole = bench.case_config("dcgan", 64, "single", None, None)
+    assert (split.optim.accum_steps, split.optim_d.accum_steps) == (2, 2)
+    assert (whole.optim.accum_steps, whole.optim_d.accum_steps) == (1, 1)
+
+
 @pytest.mark.parametrize("model, batch, micro", [("autoencoder", 32, 1), ("gpt_cpu", 12, 2)])
 def test_bench_writes_a_table_json_and_report_and_counts_flops_twice(tmp_path, capsys, model, batch, micro):
     out = tmp_path / "results"

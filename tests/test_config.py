@@ -25,6 +25,8 @@ def test_int_override_of_float_key_becomes_float():
     ("optim=3", ["section"]),
     ("optim.lr", ["a.b=value"]),
     ("parallel.strategy=ring", ["parallel.strategy", "mesh"]),
+    # adam and sgd have no weight decay: a value there would be silently ignored
+    ("optim.weight_decay=0.1", ["optim.weight_decay", "'adam'", "optim.name=adamw"]),
 ])
 def test_bad_overrides_fail_in_one_line(override, words):
     with pytest.raises(ConfigError) as error:

@@ -1,12 +1,15 @@
+import re
+
 import jax
 import jax.numpy as jnp
+import pytest
 
 from flaxgen.config import build_config
 from flaxgen.data import make_source
 from flaxgen.models import make_family
 from flaxgen.training import rng
 from flaxgen.training.loop import train
-from helpers import run_python, tree_equal
+from helpers import run_python, tree_equal, tree_max_diff
 
 
 def _ring_config(overrides=None, **model):
@@ -91,3 +94,47 @@ def test_dcgan_step_is_the_same_with_matmul_or_lax_convolutions():
     assert gemm_metrics["r1"] > 0
     for name, value in gemm_metrics.items():
         assert abs(float(xla_metrics[name]) - float(value)) < 1e-4 * max(1.0, abs(float(value))), name
+
+
+def _dcgan_config(**optim):
+    return build_config({"model": {"family": "gan", "arch": "dcgan", "dcgan_width": 8, "latent_dim": 8,
+                                   "r1_gamma": 1.0},
+                         "data": {"name": "synthetic_images", "image_shape": [28, 28, 1],
+                                  "num_examples": 64, "batch_size": 8}, **optim})
+
+
+def test_each_player_accumulates_its_gradient_over_micro_batches():
+    # the critic in 4 micro-batches (R1 included), the generator in 2, with n_critic=2: the same
+    # updates as the whole batch, because latents follow the examples' global indices
+    outcome = {}
+    for name, sections in [("whole", {}), ("micro", {"optim": {"accum_steps": 2}, "optim_d": {"accum_steps": 4}})]:
+        config = _dcgan_config(**sections)
+        config.model.n_critic = 2
+        source = make_source(config)
+        family = make_family(config, source.info)
+        batch = next(source.eval_batches(8, 1))
+        state = jax.jit(family.init)(rng.stream(0, "init"), batch)
+        jaxpr = jax.make_jaxpr(family.train_step)(state, batch, jax.random.key(0)).jaxpr
+        outcome[name + " scans"] = [eqn.params["length"] for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
+        step = jax.jit(family.train_step)
+        for i in range(3):
+            state, metrics = step(state, batch, jax.random.key(i))
+        outcome[name] = state, metrics
+    assert outcome["whole scans"] == [] and outcome["micro scans"] == [4, 4, 2]
+    (whole, whole_metrics), (micro, micro_metrics) = outcome["whole"], outcome["micro"]
+    assert not tree_equal(whole.params, jax.jit(family.init)(rng.stream(0, "init"), batch).params)
+    assert tree_max_diff(whole.params, micro.params) < 1e-5
+    for name, value in whole_metrics.items():
+        assert abs(float(micro_metrics[name]) - float(value)) < 1e-4 * max(1.0, abs(float(value))), name
+
+
+@pytest.mark.parametrize("optim_d, message", [
+    ({"name": "adamm"}, "config key 'optim_d.name' is 'adamm'; use one of: adam, adamw, sgd"),
+    ({"accum_steps": 0}, "config key 'optim_d.accum_steps' must be a positive integer, got 0"),
+    ({"accum_steps": 3}, "per-device batch 8 does not divide into optim_d.accum_steps=3 micro-batches"),
+])
+def test_the_critics_optimizer_section_is_checked_like_optim(optim_d, message):
+    from flaxgen.config import ConfigError
+    from flaxgen.training.loop import Experiment
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Experiment.build(_dcgan_config(optim_d=optim_d))

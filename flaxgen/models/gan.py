@@ -17,8 +17,8 @@ import optax
 from flaxgen.config import ConfigError
 from flaxgen.models import Family, compute_dtype
 from flaxgen.models.layers import conv_implementation, conv_layers
-from flaxgen.training import parallel, rng
-from flaxgen.training.state import TrainState, apply_updates, make_optimizer
+from flaxgen.training import rng
+from flaxgen.training.state import TrainState, apply_updates, loss_and_grads, make_optimizer
 
 
 def defaults() -> dict:
@@ -38,7 +38,8 @@ def defaults() -> dict:
             "conv": "auto",             # dcgan: auto | gemm | xla (see layers.conv_implementation)
             "dtype": "float32",         # compute dtype: float32 | bfloat16
         },
-        # The discriminator's optimizer; `optim` is the generator's.
+        # The discriminator's optimizer; `optim` is the generator's. Each section's accum_steps
+        # splits that player's gradient into micro-batches.
         "optim_d": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8,
                     "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
                     "decay_steps": None, "min_lr": 0.0, "grad_clip": None, "accum_steps": 1},
@@ -191,17 +192,26 @@ def make(config, info) -> Family:
 
     def train_step(state, batch, key, report=True):
         real = data_of(batch)
-        indices = parallel.example_indices(real.shape[0])
         params, opt_state = dict(state.params), dict(state.opt_state)
+        # Each player's gradient runs over `accum_steps` micro-batches of its own optimizer
+        # section; latents follow the examples' global indices, so the split changes nothing.
+        generator_params = params["g"]
+
+        def critic_loss(d_params, real_part, key, indices):
+            fake = jax.lax.stop_gradient(generate(generator_params, latents(key, indices)))
+            return d_loss_fn(d_params, real_part, fake)
+
         for i in range(m.n_critic):
-            fake = generate(params["g"], latents(jax.random.fold_in(key, i), indices))
-            (d_loss, d_aux), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-                params["d"], real, jax.lax.stop_gradient(fake))
-            d_loss, d_aux, grads = parallel.pmean((d_loss, d_aux, grads))
+            d_loss, d_aux, grads = loss_and_grads(critic_loss, params["d"], real, jax.random.fold_in(key, i),
+                                                  config.optim_d.accum_steps)
             params["d"], opt_state["d"] = apply_updates(tx_d, params["d"], opt_state["d"], grads)
-        z = latents(jax.random.fold_in(key, m.n_critic), indices)
-        g_loss, grads = jax.value_and_grad(g_loss_fn)(params["g"], params["d"], z)
-        g_loss, grads = parallel.pmean((g_loss, grads))
+        critic_params = params["d"]
+
+        def generator_loss(g_params, real_part, key, indices):
+            return g_loss_fn(g_params, critic_params, latents(key, indices)), {}
+
+        g_loss, _, grads = loss_and_grads(generator_loss, params["g"], real, jax.random.fold_in(key, m.n_critic),
+                                          config.optim.accum_steps)
         params["g"], opt_state["g"] = apply_updates(tx_g, params["g"], opt_state["g"], grads)
         extra = state.extra
         if m.ema_decay:

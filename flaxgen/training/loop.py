@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxgen.config import Config, save_config
+from flaxgen.config import Config, ConfigError, optimizer_sections, save_config
 from flaxgen.data import make_source
 from flaxgen.models import make_family
 from flaxgen.training import parallel, rng
@@ -37,10 +37,11 @@ class Experiment:
         """`data_metadata` (a workdir's data.json) builds the model without its dataset."""
         strategy = parallel.make_strategy(config.parallel.strategy, config.parallel.num_devices,
                                           config.data.batch_size)
-        if config.optim.accum_steps > 1 and (config.data.batch_size // strategy.num_devices) % config.optim.accum_steps:
-            from flaxgen.config import ConfigError
-            raise ConfigError(f"per-device batch {config.data.batch_size // strategy.num_devices} does "
-                              f"not divide into optim.accum_steps={config.optim.accum_steps} micro-batches")
+        per_device = config.data.batch_size // strategy.num_devices
+        for name in optimizer_sections(config):
+            if per_device % config[name].accum_steps:
+                raise ConfigError(f"per-device batch {per_device} does not divide into "
+                                  f"{name}.accum_steps={config[name].accum_steps} micro-batches")
         source = make_source(config, data_metadata)
         family = make_family(config, source.info)
         return cls(config, source, family, strategy)
