@@ -65,17 +65,19 @@ def test_killed_run_resumes_bitwise(tmp_path, data_dir):
             f"train(tiny_config('vae', train={{'steps': 1_000_000}}, checkpoint={{'every': 20}}), "
             f"{str(killed)!r})\n")
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    committed = []
-    deadline = time.time() + 300
-    while len(committed) < 2 and time.time() < deadline and process.poll() is None:
-        directory = killed / "checkpoints"
-        committed = [p for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert len(committed) >= 2, process.stderr.read().decode()[-2000:]
+    # stderr to a file: a pipe nobody reads would stall the child once it fills
+    stderr_path = tmp_path / "killed-stderr.txt"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        committed = []
+        deadline = time.time() + 300
+        while len(committed) < 2 and time.time() < deadline and process.poll() is None:
+            directory = killed / "checkpoints"
+            committed = [p for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert len(committed) >= 2, stderr_path.read_text()[-2000:]
 
     resumed = train(tiny_config("vae", train={"steps": total}, checkpoint={"every": 20}), killed)
     straight = train(tiny_config("vae", train={"steps": total}, checkpoint={"every": 20}), tmp_path / "straight")
