@@ -146,3 +146,16 @@ def test_cpu_mfu_uses_the_best_probe_of_the_run(tmp_path, monkeypatch):
     assert report["meta"]["peaks"]["float32"]["tflops"] == 4.0
     for result in report["results"]:
         assert result["mfu"] == pytest.approx(result["achieved_tflops"] / 4.0)
+
+
+def test_the_full_presets_gpt2_step_lowers_with_every_matmul_in_bfloat16():
+    # lowered, not compiled: checks the accelerator preset's config and precision at its real
+    # shape (a vocabulary of 50,304 tied to the head) on a CPU-only machine
+    import numpy as np
+    from flaxgen.training.loop import Experiment
+    experiment = Experiment.build(bench.case_config("gpt2_small", 8, "single", None, None))
+    state = jax.eval_shape(experiment.init_state)
+    text = experiment.step_function().lower(state, experiment.step_args(0), np.int32(0), np.bool_(True)).as_text()
+    products = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+    head = [line for line in products if "50304" in line]
+    assert len(head) == 3 and all("bf16" in line for line in products), [l for l in products if "bf16" not in l][:2]

@@ -114,7 +114,10 @@ SMALL_IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_exa
     ({"family": "gan", "arch": "dcgan", "dcgan_width": 4, "latent_dim": 8, "r1_gamma": 1.0}, SMALL_IMAGES),
     ({"family": "gan", "arch": "mlp2d", "mlp_width": 16, "mlp_depth": 2, "latent_dim": 4},
      {"name": "ring8", "batch_size": 16}),
-], ids=["autoencoder", "vae", "conv_vae", "conv_vae_xla_convs", "gan", "dcgan", "gan_mlp2d"])
+    # the tied head's backward too: jax's own would run it in float32
+    ({"family": "transformer", "n_layer": 2, "n_head": 2, "d_model": 32},
+     {"name": "synthetic_tokens", "block_size": 16, "vocab_size": 65, "num_examples": 1024, "batch_size": 4}),
+], ids=["autoencoder", "vae", "conv_vae", "conv_vae_xla_convs", "gan", "dcgan", "gan_mlp2d", "gpt"])
 def test_bfloat16_computes_in_bfloat16_and_keeps_the_function(model, data):
     from flaxgen.config import build_config
 

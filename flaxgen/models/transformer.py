@@ -219,9 +219,37 @@ class GPT(nn.Module):
                 new_cache = jax.tree.map(lambda *layers: jnp.stack(layers), *new_cache)
         # The tied head in the compute dtype (at GPT-2 124M's shape it is a third of the matmul
         # FLOPs), its logits in float32 for the softmax.
-        logits_MxV = jnp.dot(self.final_norm(x_MxD).astype(self.dtype), self.embed.embedding.astype(self.dtype).T,
-                             preferred_element_type=jnp.float32)
+        logits_MxV = tied_head(self.final_norm(x_MxD).astype(self.dtype), self.embed.embedding.astype(self.dtype))
         return logits_MxV.reshape(B, T, -1), new_cache
+
+
+def tied_head(x_MxD, embedding_VxD):
+    """Float32 logits x @ embeddingᵀ, forward and backward in the operands' dtype. JAX's own
+    backward of a dot with float32 output promotes bfloat16 operands to the float32 cotangent's
+    type: at GPT-2 124M's shape that puts the step's two largest matmuls in float32."""
+    if x_MxD.dtype == jnp.float32:
+        return jnp.dot(x_MxD, embedding_VxD.T, preferred_element_type=jnp.float32)
+    return _low_precision_head(x_MxD, embedding_VxD)
+
+
+@jax.custom_vjp
+def _low_precision_head(x_MxD, embedding_VxD):
+    return jnp.dot(x_MxD, embedding_VxD.T, preferred_element_type=jnp.float32)
+
+
+def _low_precision_head_forward(x_MxD, embedding_VxD):
+    return _low_precision_head(x_MxD, embedding_VxD), (x_MxD, embedding_VxD)
+
+
+def _low_precision_head_backward(residuals, g_MxV):
+    x_MxD, embedding_VxD = residuals
+    g_MxV = g_MxV.astype(x_MxD.dtype)
+    g_x_MxD = jnp.dot(g_MxV, embedding_VxD, preferred_element_type=jnp.float32)
+    g_embedding_VxD = jax.lax.dot_general(g_MxV, x_MxD, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return g_x_MxD.astype(x_MxD.dtype), g_embedding_VxD.astype(embedding_VxD.dtype)
+
+
+_low_precision_head.defvjp(_low_precision_head_forward, _low_precision_head_backward)
 
 
 def empty_cache(model: GPT, batch: int):
