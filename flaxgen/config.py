@@ -233,12 +233,35 @@ def validate(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is {value!r}; use one of: {', '.join(allowed)}")
+    _check_arch_keys(config)
     for name in optimizer_sections(config):
         optim = config[name]
         if optim.weight_decay and optim.name != "adamw":
             raise ConfigError(f"config key '{name}.weight_decay' is {optim.weight_decay} but {name}.name is "
                               f"{optim.name!r}, which has no weight decay; set {name}.name=adamw or "
                               f"{name}.weight_decay=0")
+
+
+def _check_arch_keys(config: Config) -> None:
+    """A model key that the chosen arch never reads, set away from its default, is a mistake
+    (e.g. model.conv=gemm on a dense VAE) that would otherwise change nothing, silently."""
+    from flaxgen.models import get_family_module
+
+    module = get_family_module(config.model.family)
+    arch_keys = getattr(module, "ARCH_ONLY_KEYS", None)
+    if not arch_keys:
+        return
+    arch = config.model.arch
+    if arch not in arch_keys:
+        raise ConfigError(f"config key 'model.arch' is {arch!r}; use one of: {', '.join(arch_keys)}")
+    defaults = module.defaults()["model"]
+    for other, keys in arch_keys.items():
+        for key in keys:
+            if other == arch or key in arch_keys[arch] or config.model[key] == defaults[key]:
+                continue
+            raise ConfigError(f"config key 'model.{key}' is {config.model[key]!r} but only model.arch={other} "
+                              f"reads it and model.arch is {arch!r}; set model.arch={other} or leave "
+                              f"model.{key} at its default {defaults[key]!r}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -27,6 +27,10 @@ def test_int_override_of_float_key_becomes_float():
     ("parallel.strategy=ring", ["parallel.strategy", "mesh"]),
     # adam and sgd have no weight decay: a value there would be silently ignored
     ("optim.weight_decay=0.1", ["optim.weight_decay", "'adam'", "optim.name=adamw"]),
+    # configs/vae_mnist.py is a dense VAE: the conv layers' keys would change nothing
+    ("model.conv=gemm", ["model.conv", "model.arch=conv", "'dense'"]),
+    ("model.conv_dense=8", ["model.conv_dense", "model.arch=conv"]),
+    ("model.arch=cnn", ["model.arch", "dense, conv"]),
 ])
 def test_bad_overrides_fail_in_one_line(override, words):
     with pytest.raises(ConfigError) as error:
@@ -35,6 +39,25 @@ def test_bad_overrides_fail_in_one_line(override, words):
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+@pytest.mark.parametrize("config_file, override", [
+    ("dcgan_mnist.py", "model.hidden=[64]"),      # the dense GAN's widths
+    ("gan_ring.py", "model.dcgan_width=16"),
+    ("gan_mnist.py", "model.mlp_depth=2"),
+])
+def test_a_key_only_another_gan_arch_reads_is_refused(config_file, override):
+    with pytest.raises(ConfigError, match=f"config key '{override.split('=')[0]}' .* only model.arch="):
+        load_config(REPO / "configs" / config_file, [override])
+
+
+def test_keys_of_the_chosen_arch_and_saved_configs_still_load(tmp_path):
+    conv = load_config(REPO / "configs/dcgan_mnist.py", ["model.conv=gemm"])
+    assert conv.model.conv == "gemm"
+    # a saved config.json holds every key, the other arches' at their defaults
+    from flaxgen.config import load_saved_config, save_config
+    save_config(conv, tmp_path / "config.json")
+    assert load_saved_config(tmp_path).to_dict() == conv.to_dict()
 
 
 def test_unknown_key_in_config_file_is_rejected():

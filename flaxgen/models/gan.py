@@ -21,6 +21,10 @@ from flaxgen.training import rng
 from flaxgen.training.state import TrainState, apply_updates, loss_and_grads, make_optimizer
 
 
+# Model keys that only one arch reads (config.validate refuses a changed one under another arch).
+ARCH_ONLY_KEYS = {"dense": ("hidden",), "dcgan": ("dcgan_width", "conv"), "mlp2d": ("mlp_width", "mlp_depth")}
+
+
 def defaults() -> dict:
     return {
         "model": {

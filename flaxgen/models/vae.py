@@ -15,6 +15,10 @@ from flaxgen.training import rng
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
 
 
+# Model keys that only one arch reads (config.validate refuses a changed one under another arch).
+ARCH_ONLY_KEYS = {"dense": ("encoder_hidden", "decoder_hidden"), "conv": ("conv_dense", "conv")}
+
+
 def defaults() -> dict:
     return {"model": {
         "family": "vae",
