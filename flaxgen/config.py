@@ -234,6 +234,7 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is {value!r}; use one of: {', '.join(allowed)}")
     _check_arch_keys(config)
+    _check_data_keys(config)
     for name in optimizer_sections(config):
         optim = config[name]
         if optim.weight_decay and optim.name != "adamw":
@@ -262,6 +263,22 @@ def _check_arch_keys(config: Config) -> None:
             raise ConfigError(f"config key 'model.{key}' is {config.model[key]!r} but only model.arch={other} "
                               f"reads it and model.arch is {arch!r}; set model.arch={other} or leave "
                               f"model.{key} at its default {defaults[key]!r}")
+
+
+def _check_data_keys(config: Config) -> None:
+    """Likewise a `data` key that the chosen kind of source never reads (data.block_size for
+    MNIST, data.binarize for text)."""
+    from flaxgen.data.base import KEYS_READ_BY_KIND, source_kind
+
+    kind = source_kind(config.data.name)
+    defaults = defaults_for(config.model.family)["data"]
+    for key in sorted({key for keys in KEYS_READ_BY_KIND.values() for key in keys}):
+        if key in KEYS_READ_BY_KIND[kind] or config.data[key] == defaults[key]:
+            continue
+        readers = [other for other, keys in KEYS_READ_BY_KIND.items() if key in keys]
+        raise ConfigError(f"config key 'data.{key}' is {config.data[key]!r} but data.name={config.data.name!r} "
+                          f"({kind}) never reads it, only {' or '.join(readers)} do; leave data.{key} at "
+                          f"its default {defaults[key]!r}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -60,6 +60,29 @@ def test_keys_of_the_chosen_arch_and_saved_configs_still_load(tmp_path):
     assert load_saved_config(tmp_path).to_dict() == conv.to_dict()
 
 
+@pytest.mark.parametrize("config_file, override, readers", [
+    ("vae_mnist.py", "data.block_size=128", "a TFDS text or synthetic tokens"),
+    ("gpt_shakespeare_char.py", "data.binarize=dynamic", "a TFDS image set or synthetic images"),
+    ("gan_ring.py", "data.data_dir=elsewhere", "a TFDS image set or a TFDS text"),
+    ("vae_mnist.py", "data.image_shape=[32, 32, 3]", "synthetic images"),
+])
+def test_a_data_key_the_source_never_reads_is_refused(config_file, override, readers):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}' .* never reads it, only {readers} do; leave {key}"):
+        load_config(REPO / "configs" / config_file, [override])
+
+
+def test_data_keys_load_where_the_source_reads_them():
+    text = load_config(REPO / "configs/gpt_shakespeare_char.py", ["data.block_size=128", "data.tokenizer=byte"])
+    assert (text.data.block_size, text.data.tokenizer) == (128, "byte")
+    tokens = build_config({"model": {"family": "transformer"},
+                           "data": {"name": "synthetic_tokens", "block_size": 32, "vocab_size": 50}})
+    assert tokens.data.vocab_size == 50
+    images = build_config({"model": {"family": "vae"}, "data": {"name": "synthetic_images", "binarize": "dynamic",
+                                                                  "image_shape": [32, 32, 3]}})
+    assert images.data.image_shape == [32, 32, 3]
+
+
 def test_unknown_key_in_config_file_is_rejected():
     with pytest.raises(ConfigError, match="unknown config key 'model.hiden'"):
         build_config({"model": {"family": "vae", "hiden": 3}})

@@ -60,21 +60,46 @@ class DataSource:
         raise NotImplementedError
 
 
+# The `data` keys each kind of source reads, beyond name and the batch sizes that all read.
+KEYS_READ_BY_KIND = {
+    "a TFDS image set": ("data_dir", "train_split", "eval_split", "binarize"),
+    "synthetic images": ("image_shape", "num_examples", "binarize"),
+    "a TFDS text": ("data_dir", "train_split", "eval_split", "block_size", "tokenizer"),
+    "synthetic tokens": ("num_examples", "block_size", "vocab_size"),
+    "a 2-D mixture": (),
+}
+
+
+def source_kind(name: str) -> str:
+    """Which kind of source `data.name` selects (a key of KEYS_READ_BY_KIND)."""
+    from flaxgen.data import mixtures, text
+
+    if name in mixtures.MIXTURES:
+        return "a 2-D mixture"
+    if name == "synthetic_images":
+        return "synthetic images"
+    if name == "synthetic_tokens":
+        return "synthetic tokens"
+    if name in text.TEXT_DATASETS:
+        return "a TFDS text"
+    return "a TFDS image set"
+
+
 def make_source(config, metadata: dict | None = None) -> DataSource:
     """The configured source; with a workdir's saved `metadata`, a dataset-free stand-in."""
     from flaxgen.data import images, mixtures, text
 
-    name = config.data.name
-    if name in mixtures.MIXTURES:
+    kind = source_kind(config.data.name)
+    if kind == "a 2-D mixture":
         return mixtures.MixtureSource.from_config(config)
-    if metadata and name in text.TEXT_DATASETS and "tokenizer" in metadata:
+    if metadata and kind == "a TFDS text" and "tokenizer" in metadata:
         return text.TextSource.stand_in(config, metadata)
     if metadata and "image_shape" in metadata:
         return images.ImageSource.stand_in(config, metadata)
-    if name in ("synthetic_images",):
+    if kind == "synthetic images":
         return images.ImageSource.synthetic(config)
-    if name in ("synthetic_tokens",):
+    if kind == "synthetic tokens":
         return text.TextSource.synthetic(config)
-    if name in text.TEXT_DATASETS:
+    if kind == "a TFDS text":
         return text.TextSource.from_tfds(config)
     return images.ImageSource.from_tfds(config)
