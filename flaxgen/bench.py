@@ -97,14 +97,31 @@ def case_dtype(model: str, dtype: str | None) -> str:
     return dtype or MODELS[model][0]["model"].get("dtype", "float32")
 
 
-def case_config(model: str, batch: int, strategy: str, devices: int | None, dtype: str | None):
+# Config keys that the bench's own flags set for every case.
+KEYS_SET_BY_FLAGS = {"model.dtype": "--dtype", "data.batch_size": "--batch-sizes",
+                     "parallel.strategy": "--strategy", "parallel.num_devices": "--devices"}
+
+
+def check_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in KEYS_SET_BY_FLAGS:
+            raise ConfigError(f"--set {key} would fight the bench's own flag; use {KEYS_SET_BY_FLAGS[key]}")
+
+
+def case_config(model: str, batch: int, strategy: str, devices: int | None, dtype: str | None,
+                overrides: list[str] = ()):
+    """A case's config; `overrides` (`--set a.b=v`) apply to it after the case's own keys. Where
+    they name no accum_steps, CPU cases split their batch as CPU_MICRO_BATCH says."""
     raw = copy.deepcopy(MODELS[model][0])
     raw.setdefault("data", {})["batch_size"] = batch
     raw["parallel"] = {"strategy": strategy, "num_devices": devices}
     raw["log"] = {"tensorboard": False, "progress": False}
     raw["model"]["dtype"] = case_dtype(model, dtype)
-    config = build_config(raw)
-    set_micro_batches(config, micro_batches(model, batch, strategy, devices))
+    check_overrides(list(overrides))
+    config = build_config(raw, list(overrides))
+    if not any(item.partition("=")[0].endswith(".accum_steps") for item in overrides):
+        set_micro_batches(config, micro_batches(model, batch, strategy, devices))
     return config
 
 
@@ -116,12 +133,13 @@ def set_micro_batches(config, count: int) -> None:
 
 def time_case(model: str, batch: int, strategy: str = "single", devices: int | None = None,
               dtype: str | None = None, repeats: int = 5, target_repeat_s: float = 0.4,
-              peak_flops: float | None = None, steps: int | None = None) -> tuple[Result, callable]:
+              peak_flops: float | None = None, steps: int | None = None,
+              overrides: list[str] = ()) -> tuple[Result, callable]:
     """Build, compile and time one case. Returns the result and a function that times one more
     repeat (for interleaving with a peer)."""
     from flaxgen.training.loop import Experiment, reports_metrics
 
-    config = case_config(model, batch, strategy, devices, dtype)
+    config = case_config(model, batch, strategy, devices, dtype, overrides)
     experiment = Experiment.build(config)
     strategy_obj = experiment.strategy
     state = strategy_obj.put_state(experiment.init_state())
@@ -347,6 +365,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--peers", action="store_true", help="time the PyTorch peers side by side")
     parser.add_argument("--peer-repeats", type=int, default=11,
                         help="interleaved A/B rounds per peer (their per-round ratios' median is reported)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a config override for every case, e.g. model.attention=xla or "
+                             "optim.accum_steps=1 (repeatable)")
     parser.add_argument("--out", help="directory for results.json, README.md and scaling.png")
     args = parser.parse_args(argv)
 
@@ -354,6 +375,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ConfigError(f"unknown benchmark model {unknown[0]!r}; use some of: {', '.join(MODELS)}")
+    if args.peers and args.overrides:
+        raise ConfigError("--peers times fixed peer models that --set cannot change; run --set without --peers")
     strategies = ["single", "mesh", "pmap"] if args.strategy == "all" else args.strategy.split(",")
     for name in strategies:
         if name not in ("single", "mesh", "pmap"):
@@ -363,6 +386,17 @@ def main(argv: list[str] | None = None) -> list[Result]:
     device = jax.devices()[0]
     # one compute dtype for every case of the run
     dtype = args.dtype or ("bfloat16" if device.platform in ("gpu", "tpu") else "float32")
+    batches_of = {model: [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
+                  for model in models}
+    # every case's config and batch split checked before anything compiles
+    from flaxgen.training.loop import split_batch
+    for model in models:
+        for strategy in strategies:
+            for batch in batches_of[model]:
+                try:
+                    split_batch(case_config(model, batch, strategy, args.devices, dtype, args.overrides))
+                except ConfigError as error:
+                    raise ConfigError(f"bench case {model} batch {batch} ({strategy}): {error}") from None
     dtypes = [dtype]
     peaks = peaks_for(device, dtypes)
     print(f"flaxgen bench on {device_label()} ({device.device_kind}); MFU peak {describe_peaks(summary_of(peaks))}",
@@ -373,12 +407,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     for index, model in enumerate(models):
         if index and device.platform == "cpu":
             peaks = best_peaks(peaks, peaks_for(device, dtypes))
-        batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
+        batches = batches_of[model]
         peak = peaks[dtype][0]
         for strategy in strategies:
             for batch in batches:
                 result, run = time_case(model, batch, strategy, args.devices, dtype, args.repeats,
-                                        peak_flops=peak, steps=args.steps)
+                                        peak_flops=peak, steps=args.steps, overrides=args.overrides)
                 results.append(result)
                 print(format_table([result]).splitlines()[-1], flush=True)
                 if args.peers and strategy == "single" and batch == batches[0]:

@@ -5,6 +5,7 @@ import jax
 import pytest
 
 from flaxgen import bench, flops
+from flaxgen.config import ConfigError
 from flaxgen.cli import main
 
 
@@ -22,6 +23,38 @@ def test_both_players_of_a_gan_case_run_as_micro_batches():
     whole = bench.case_config("dcgan", 64, "single", None, None)
     assert (split.optim.accum_steps, split.optim_d.accum_steps) == (2, 2)
     assert (whole.optim.accum_steps, whole.optim_d.accum_steps) == (1, 1)
+
+
+def test_set_overrides_every_case_and_an_accum_steps_override_replaces_the_cpu_split():
+    xla = bench.case_config("gpt_cpu", 12, "single", None, None, ["model.attention=xla"])
+    assert xla.model.attention == "xla" and xla.optim.accum_steps == 2
+    whole = bench.case_config("conv_vae", 128, "single", None, None, ["optim.accum_steps=1"])
+    assert whole.optim.accum_steps == 1
+    assert bench.case_config("conv_vae", 128, "single", None, None).optim.accum_steps == 4
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "model.dtype=bfloat16"], "use --dtype"),
+    (["--set", "model.attentoin=xla"], "unknown config key 'model.attentoin'"),
+    (["--set", "optim.accum_steps=5"], "does not divide into optim.accum_steps=5"),
+    (["--set", "model.attention=xla", "--peers"], "run --set without --peers"),
+    # the second case is bad: found before the first compiles
+    (["--set", "optim.accum_steps=4", "--batch-sizes", "12,14"], "per-device batch 14 does not divide"),
+    ([], None),  # good arguments reach the compiler
+])
+def test_bad_bench_arguments_fail_in_one_line_before_anything_compiles(argv, words, monkeypatch, tmp_path):
+    compiled = []
+    monkeypatch.setattr(bench, "time_case", lambda *a, **k: compiled.append(a) or (_ for _ in ()).throw(
+        RuntimeError("compiled")))
+    monkeypatch.setattr(bench, "peaks_for", lambda device, dtypes: {d: (1e11, "test") for d in dtypes})
+    argv = ["--models", "gpt_cpu", "--repeats", "1", "--steps", "1"] + argv
+    if words is None:
+        with pytest.raises(RuntimeError, match="compiled"):
+            bench.main(argv)
+        return
+    with pytest.raises(ConfigError) as error:
+        bench.main(argv)
+    assert words in str(error.value) and "\n" not in str(error.value) and not compiled
 
 
 @pytest.mark.parametrize("model, batch, micro", [("autoencoder", 32, 1), ("gpt_cpu", 12, 2)])

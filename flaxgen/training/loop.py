@@ -23,6 +23,19 @@ class TrainingDiverged(RuntimeError):
     """A metric became NaN or Inf."""
 
 
+def split_batch(config: Config) -> parallel.Strategy:
+    """The run's strategy, once its batch is known to divide across its devices and into every
+    optimizer section's micro-batches."""
+    strategy = parallel.make_strategy(config.parallel.strategy, config.parallel.num_devices,
+                                      config.data.batch_size)
+    per_device = config.data.batch_size // strategy.num_devices
+    for name in optimizer_sections(config):
+        if per_device % config[name].accum_steps:
+            raise ConfigError(f"per-device batch {per_device} does not divide into "
+                              f"{name}.accum_steps={config[name].accum_steps} micro-batches")
+    return strategy
+
+
 @dataclass
 class Experiment:
     """What a run is made of, built without compiling anything (so bad input fails fast)."""
@@ -35,13 +48,7 @@ class Experiment:
     @classmethod
     def build(cls, config: Config, data_metadata: dict | None = None) -> "Experiment":
         """`data_metadata` (a workdir's data.json) builds the model without its dataset."""
-        strategy = parallel.make_strategy(config.parallel.strategy, config.parallel.num_devices,
-                                          config.data.batch_size)
-        per_device = config.data.batch_size // strategy.num_devices
-        for name in optimizer_sections(config):
-            if per_device % config[name].accum_steps:
-                raise ConfigError(f"per-device batch {per_device} does not divide into "
-                                  f"{name}.accum_steps={config[name].accum_steps} micro-batches")
+        strategy = split_batch(config)
         source = make_source(config, data_metadata)
         family = make_family(config, source.info)
         return cls(config, source, family, strategy)
