@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,7 +103,7 @@ KEYS_SET_BY_FLAGS = {"model.dtype": "--dtype", "data.batch_size": "--batch-sizes
                      "parallel.strategy": "--strategy", "parallel.num_devices": "--devices"}
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: Sequence[str]) -> None:
     for item in overrides:
         key = item.partition("=")[0]
         if key in KEYS_SET_BY_FLAGS:
@@ -110,7 +111,7 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def case_config(model: str, batch: int, strategy: str, devices: int | None, dtype: str | None,
-                overrides: list[str] = ()):
+                overrides: Sequence[str] = ()):
     """A case's config; `overrides` (`--set a.b=v`) apply to it after the case's own keys. Where
     they name no accum_steps, CPU cases split their batch as CPU_MICRO_BATCH says."""
     raw = copy.deepcopy(MODELS[model][0])
@@ -118,7 +119,7 @@ def case_config(model: str, batch: int, strategy: str, devices: int | None, dtyp
     raw["parallel"] = {"strategy": strategy, "num_devices": devices}
     raw["log"] = {"tensorboard": False, "progress": False}
     raw["model"]["dtype"] = case_dtype(model, dtype)
-    check_overrides(list(overrides))
+    check_overrides(overrides)
     config = build_config(raw, list(overrides))
     if not any(item.partition("=")[0].endswith(".accum_steps") for item in overrides):
         set_micro_batches(config, micro_batches(model, batch, strategy, devices))
@@ -134,7 +135,7 @@ def set_micro_batches(config, count: int) -> None:
 def time_case(model: str, batch: int, strategy: str = "single", devices: int | None = None,
               dtype: str | None = None, repeats: int = 5, target_repeat_s: float = 0.4,
               peak_flops: float | None = None, steps: int | None = None,
-              overrides: list[str] = ()) -> tuple[Result, callable]:
+              overrides: Sequence[str] = ()) -> tuple[Result, callable]:
     """Build, compile and time one case. Returns the result and a function that times one more
     repeat (for interleaving with a peer)."""
     from flaxgen.training.loop import Experiment, reports_metrics

@@ -233,8 +233,7 @@ def validate(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is {value!r}; use one of: {', '.join(allowed)}")
-    _check_arch_keys(config)
-    _check_data_keys(config)
+    _check_unread_keys(config)
     for name in optimizer_sections(config):
         optim = config[name]
         if optim.weight_decay and optim.name != "adamw":
@@ -243,42 +242,40 @@ def validate(config: Config) -> None:
                               f"{name}.weight_decay=0")
 
 
-def _check_arch_keys(config: Config) -> None:
-    """A model key that the chosen arch never reads, set away from its default, is a mistake
-    (e.g. model.conv=gemm on a dense VAE) that would otherwise change nothing, silently."""
+def _unread_key(section: Config, defaults: dict, keys_read_by: dict, chosen: str) -> tuple[str, list[str]] | None:
+    """The first key of `section` that the `chosen` variant never reads but another does, set away
+    from its default (a mistake that would change nothing, silently), with the variants reading it."""
+    for key in sorted({key for keys in keys_read_by.values() for key in keys} - set(keys_read_by[chosen])):
+        if section[key] != defaults[key]:
+            return key, [variant for variant, keys in keys_read_by.items() if key in keys]
+    return None
+
+
+def _check_unread_keys(config: Config) -> None:
+    """Model keys of another arch (model.conv=gemm on a dense VAE) and data keys of another kind of
+    source (data.block_size for MNIST, data.binarize for text)."""
+    from flaxgen.data.base import KEYS_READ_BY_KIND, source_kind
     from flaxgen.models import get_family_module
 
-    module = get_family_module(config.model.family)
-    arch_keys = getattr(module, "ARCH_ONLY_KEYS", None)
-    if not arch_keys:
-        return
-    arch = config.model.arch
-    if arch not in arch_keys:
-        raise ConfigError(f"config key 'model.arch' is {arch!r}; use one of: {', '.join(arch_keys)}")
-    defaults = module.defaults()["model"]
-    for other, keys in arch_keys.items():
-        for key in keys:
-            if other == arch or key in arch_keys[arch] or config.model[key] == defaults[key]:
-                continue
+    defaults = defaults_for(config.model.family)
+    arch_keys = getattr(get_family_module(config.model.family), "ARCH_ONLY_KEYS", None)
+    if arch_keys:
+        arch = config.model.arch
+        if arch not in arch_keys:
+            raise ConfigError(f"config key 'model.arch' is {arch!r}; use one of: {', '.join(arch_keys)}")
+        unread = _unread_key(config.model, defaults["model"], arch_keys, arch)
+        if unread:
+            key, (other, *_) = unread
             raise ConfigError(f"config key 'model.{key}' is {config.model[key]!r} but only model.arch={other} "
                               f"reads it and model.arch is {arch!r}; set model.arch={other} or leave "
-                              f"model.{key} at its default {defaults[key]!r}")
-
-
-def _check_data_keys(config: Config) -> None:
-    """Likewise a `data` key that the chosen kind of source never reads (data.block_size for
-    MNIST, data.binarize for text)."""
-    from flaxgen.data.base import KEYS_READ_BY_KIND, source_kind
-
+                              f"model.{key} at its default {defaults['model'][key]!r}")
     kind = source_kind(config.data.name)
-    defaults = defaults_for(config.model.family)["data"]
-    for key in sorted({key for keys in KEYS_READ_BY_KIND.values() for key in keys}):
-        if key in KEYS_READ_BY_KIND[kind] or config.data[key] == defaults[key]:
-            continue
-        readers = [other for other, keys in KEYS_READ_BY_KIND.items() if key in keys]
+    unread = _unread_key(config.data, defaults["data"], KEYS_READ_BY_KIND, kind)
+    if unread:
+        key, readers = unread
         raise ConfigError(f"config key 'data.{key}' is {config.data[key]!r} but data.name={config.data.name!r} "
                           f"({kind}) never reads it, only {' or '.join(readers)} do; leave data.{key} at "
-                          f"its default {defaults[key]!r}")
+                          f"its default {defaults['data'][key]!r}")
 
 
 def save_config(config: Config, path: str | Path) -> None:
