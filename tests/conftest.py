@@ -30,3 +30,13 @@ def data_dir() -> Path:
         pytest.fail("test data not found: set FLAXGEN_DATA_DIR to a TFDS data dir holding mnist and "
                     "tiny_shakespeare (see ../shared/data/README.md)")
     return DATA_DIR
+
+
+@pytest.fixture
+def full_float32_matmuls():
+    """Float32 matmuls at full precision: on GPUs jax's default is TF32 (~1e-3 relative), which
+    float32 comparisons between two formulations of one function cannot tell from a bug."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -7,6 +7,7 @@ import pytest
 from flaxgen.models.layers import Conv2D
 
 
+@pytest.mark.usefixtures("full_float32_matmuls")
 @pytest.mark.parametrize("size, cin, cout, kernel, stride", [
     (7, 64, 64, 3, 2), (14, 8, 4, 3, 2), (28, 4, 1, 3, 1), (5, 3, 4, 4, 2), (6, 3, 2, 5, 2), (9, 2, 3, 3, 3),
 ])
@@ -47,12 +48,14 @@ def test_bfloat16_conv_layers_keep_their_gradients(transpose, implementation):
         np.testing.assert_allclose(np.asarray(approx, np.float32), exact, rtol=0.01, atol=1e-3)
 
 
-def test_auto_convolutions_are_the_matmul_forms_on_cpu_only(monkeypatch):
+def test_auto_convolutions_are_the_matmul_forms_on_cpus_and_gpus(monkeypatch):
     from flaxgen.config import ConfigError
     from flaxgen.models import layers
 
     assert layers.conv_implementation("auto") == "gemm"     # these tests run on CPU
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert layers.conv_implementation("auto") == "gemm"
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     assert layers.conv_implementation("auto") == "xla"
     assert layers.conv_implementation("gemm") == "gemm"
     with pytest.raises(ConfigError, match="^config key 'model.conv' is 'cudnn'; use auto, gemm, xla$"):

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from flaxgen.config import build_config
@@ -18,6 +19,7 @@ def _params(model, key=0):
     return model.init(jax.random.key(key), jnp.zeros((1, 16), jnp.int32))["params"]
 
 
+@pytest.mark.usefixtures("full_float32_matmuls")
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_cached_decoding_gives_the_full_forward_logits(positions, scan_layers):
@@ -118,6 +120,7 @@ def test_gpt2_init_scales_residual_projections():
     assert abs(float(jnp.std(block["Dense_1"]["kernel"])) - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8)
 
 
+@pytest.mark.usefixtures("full_float32_matmuls")
 def test_einsum_attention_matches_jax_dot_product_attention_values_and_grads():
     from flaxgen.models.transformer import einsum_causal_attention
 
@@ -165,3 +168,26 @@ def test_auto_attention_asks_for_cudnn_on_gpus_for_16_bit_inputs(monkeypatch, ba
     asked.clear()
     transformer.causal_attention(q, q, q, "xla")  # an explicit choice is kept on every backend
     assert asked == ["xla"]
+
+
+def test_low_precision_cross_entropy_is_optaxs_on_the_same_logits_with_a_16_bit_gradient():
+    from flaxgen.models.transformer import low_precision_cross_entropy
+
+    logits_key, targets_key, weights_key = jax.random.split(jax.random.key(7), 3)
+    logits = (4 * jax.random.normal(logits_key, (96, 320))).astype(jnp.bfloat16)
+    targets = jax.random.randint(targets_key, (96,), 0, 320)
+    weights = jax.random.uniform(weights_key, (96,))   # a cotangent that is not all ones
+
+    def ours(l):
+        return (weights * low_precision_cross_entropy(l, targets)).sum()
+
+    def reference(l):   # optax in float32 on the same (bfloat16-valued) logits
+        return (weights * optax.softmax_cross_entropy_with_integer_labels(l.astype(jnp.float32), targets)).sum()
+
+    value, grad = jax.value_and_grad(ours)(logits)
+    ref_value, ref_grad = jax.value_and_grad(reference)(logits)
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    # the gradient differs from float32's by its rounding to bfloat16 alone
+    np.testing.assert_allclose(np.asarray(grad, np.float32), ref_grad, rtol=2**-8, atol=1e-6)
+    assert np.abs(np.asarray(grad, np.float32) - ref_grad).max() > 0   # it is 16-bit

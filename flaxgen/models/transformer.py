@@ -34,7 +34,7 @@ def defaults() -> dict:
         "dtype": "float32",        # compute dtype; parameters stay float32
         "remat": False,
         "scan_layers": False,
-        "attention": "auto",       # auto (einsum on CPU, jax's elsewhere) | einsum | xla | cudnn
+        "attention": "auto",       # auto (einsum on CPU, cuDNN on GPUs for 16-bit inputs, else XLA) | einsum | xla | cudnn
     }}
 
 
@@ -196,6 +196,27 @@ class GPT(nn.Module):
     def __call__(self, idx_BxT, positions_BxT=None, cache=None, deterministic: bool = True):
         """Logits (B, T, V) in float32, and the updated cache (None when not decoding)."""
         B, T = idx_BxT.shape
+        h_MxD, new_cache = self.features(idx_BxT, positions_BxT, cache, deterministic)
+        # The tied head in the compute dtype (at GPT-2 124M's shape it is a third of the matmul
+        # FLOPs), its logits in float32 for the softmax.
+        logits_MxV = tied_head(h_MxD, self.embed.embedding.astype(self.dtype))
+        return logits_MxV.reshape(B, T, -1), new_cache
+
+    def token_losses(self, idx_BxT, targets_BxT, deterministic: bool = True):
+        """Cross-entropy of each next token, (B*T,) in float32. In a 16-bit compute dtype the
+        logits stay 16-bit, as autocast leaves them in PyTorch, with the softmax taken in float32:
+        the logits and their gradient are the step's largest tensors (GPT-2 124M at batch 16:
+        16384 x 50304), and on an H100 their float32 passes took 16% of the step."""
+        h_MxD, _ = self.features(idx_BxT, deterministic=deterministic)
+        embedding_VxD = self.embed.embedding.astype(self.dtype)
+        targets_M = targets_BxT.reshape(-1)
+        if self.dtype == jnp.float32:
+            return optax.softmax_cross_entropy_with_integer_labels(tied_head(h_MxD, embedding_VxD), targets_M)
+        return low_precision_cross_entropy(h_MxD @ embedding_VxD.T, targets_M)
+
+    def features(self, idx_BxT, positions_BxT=None, cache=None, deterministic: bool = True):
+        """The final LayerNorm's output (B*T, D) in the compute dtype, and the updated cache."""
+        B, T = idx_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
         x_BxTxD = self.embed(idx_BxT)
@@ -217,10 +238,7 @@ class GPT(nn.Module):
                     new_cache.append(layer_cache)
             if cache is not None:
                 new_cache = jax.tree.map(lambda *layers: jnp.stack(layers), *new_cache)
-        # The tied head in the compute dtype (at GPT-2 124M's shape it is a third of the matmul
-        # FLOPs), its logits in float32 for the softmax.
-        logits_MxV = tied_head(self.final_norm(x_MxD).astype(self.dtype), self.embed.embedding.astype(self.dtype))
-        return logits_MxV.reshape(B, T, -1), new_cache
+        return self.final_norm(x_MxD).astype(self.dtype), new_cache
 
 
 def tied_head(x_MxD, embedding_VxD):
@@ -250,6 +268,32 @@ def _low_precision_head_backward(residuals, g_MxV):
 
 
 _low_precision_head.defvjp(_low_precision_head_forward, _low_precision_head_backward)
+
+
+@jax.custom_vjp
+def low_precision_cross_entropy(logits_MxV, targets_M):
+    """optax.softmax_cross_entropy_with_integer_labels of 16-bit logits, in float32 inside: one
+    fused pass reads the 16-bit logits and writes their 16-bit gradient, where autodiff of an
+    upcast would write and read the gradient in float32 first."""
+    return _cross_entropy_forward(logits_MxV, targets_M)[0]
+
+
+def _cross_entropy_forward(logits_MxV, targets_M):
+    logits_MxV_f32 = logits_MxV.astype(jnp.float32)
+    log_normaliser_M = jax.nn.logsumexp(logits_MxV_f32, axis=-1)
+    target_logit_M = jnp.take_along_axis(logits_MxV_f32, targets_M[:, None], axis=-1)[:, 0]
+    return log_normaliser_M - target_logit_M, (logits_MxV, log_normaliser_M, targets_M)
+
+
+def _cross_entropy_backward(residuals, g_M):
+    logits_MxV, log_normaliser_M, targets_M = residuals
+    probabilities_MxV = jnp.exp(logits_MxV.astype(jnp.float32) - log_normaliser_M[:, None])
+    is_target_MxV = targets_M[:, None] == jnp.arange(logits_MxV.shape[-1])[None, :]
+    g_MxV = (probabilities_MxV - is_target_MxV) * g_M[:, None]
+    return g_MxV.astype(logits_MxV.dtype), None
+
+
+low_precision_cross_entropy.defvjp(_cross_entropy_forward, _cross_entropy_backward)
 
 
 def empty_cache(model: GPT, batch: int):
@@ -364,10 +408,10 @@ def make(config, info) -> Family:
         return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
 
     def cross_entropy(params, batch, dropout_key=None):
-        logits, _ = model.apply({"params": params}, batch["inputs"], deterministic=dropout_key is None,
-                                rngs={"dropout": dropout_key} if dropout_key is not None else {})
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1)).mean()
+        losses_M = model.apply({"params": params}, batch["inputs"], batch["targets"], dropout_key is None,
+                               rngs={"dropout": dropout_key} if dropout_key is not None else {},
+                               method=GPT.token_losses)
+        return losses_M.mean()
 
     def loss_fn(params, batch, key, indices):
         # Dropout masks come from the step key folded with this replica's first example, so
