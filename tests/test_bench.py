@@ -195,3 +195,21 @@ def test_the_full_presets_gpt2_step_lowers_with_every_matmul_in_bfloat16():
     products = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
     head = [line for line in products if "50304" in line]
     assert len(head) == 3 and all("bf16" in line for line in products), [l for l in products if "bf16" not in l][:2]
+
+
+def test_profile_counts_a_gpus_stream_kernels_not_the_lines_that_nest_over_them():
+    from benchmarks.profile_case import busy_by_name
+
+    meta = lambda kind, pid, name, tid=0: {"ph": "M", "name": kind, "pid": pid, "tid": tid, "args": {"name": name}}
+    span = lambda pid, tid, name, dur: {"ph": "X", "pid": pid, "tid": tid, "name": name, "dur": dur, "ts": 0}
+    trace = {"traceEvents": [
+        meta("process_name", 1, "/host:CPU"), meta("process_name", 2, "/device:GPU:0"),
+        meta("thread_name", 2, "Stream #14(Compute)", 14), meta("thread_name", 2, "XLA Ops", 3),
+        span(1, 0, "PjitFunction", 900.0), span(2, 3, "fusion.1", 500.0),      # host and op lines
+        span(2, 14, "gemm", 100.0), span(2, 14, "gemm", 50.0), span(2, 14, "loop_fusion", 20.0)]}
+    label, totals = busy_by_name(trace)
+    assert totals == {"gemm": (150.0, 2), "loop_fusion": (20.0, 1)}
+    assert label == "/device:GPU:0 Stream #14(Compute)"
+    # no device process (CPU): everything, nested or not
+    _, totals = busy_by_name({"traceEvents": trace["traceEvents"][:1] + [span(1, 0, "PjitFunction", 900.0)]})
+    assert totals == {"PjitFunction": (900.0, 1)}
