@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
-    dtype = args.dtype or ("bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32")
+    dtype = bench.run_dtype(args.dtype, jax.default_backend())
     result, run = bench.time_case(args.model, args.batch, dtype=dtype, repeats=1, steps=args.steps,
                                   overrides=args.overrides)
     with tempfile.TemporaryDirectory() as folder:

@@ -92,6 +92,12 @@ def micro_batches(model: str, batch: int, strategy: str, devices: int | None) ->
     return per_device // size if per_device % size == 0 and per_device > size else 1
 
 
+def run_dtype(requested: str | None, platform: str) -> str:
+    """The compute dtype of every case of a run: `--dtype` where given, else bfloat16 on GPUs and
+    TPUs and float32 on CPU."""
+    return requested or ("bfloat16" if platform in ("gpu", "tpu") else "float32")
+
+
 def case_dtype(model: str, dtype: str | None) -> str:
     """The compute dtype a case runs in: `--dtype` where given, else the case's own (float32 but
     for GPT-2 124M, which is a bfloat16 recipe)."""
@@ -389,8 +395,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if jax.device_count() == 1:
         strategies = [s for s in strategies if s == "single"] or ["single"]
     device = jax.devices()[0]
-    # one compute dtype for every case of the run
-    dtype = args.dtype or ("bfloat16" if device.platform in ("gpu", "tpu") else "float32")
+    dtype = run_dtype(args.dtype, device.platform)
     batches_of = {model: [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
                   for model in models}
     # every case's config and batch split checked before anything compiles

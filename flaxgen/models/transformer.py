@@ -198,7 +198,7 @@ class GPT(nn.Module):
         B, T = idx_BxT.shape
         h_MxD, new_cache = self.features(idx_BxT, positions_BxT, cache, deterministic)
         # The tied head in the compute dtype (at GPT-2 124M's shape it is a third of the matmul
-        # FLOPs), its logits in float32 for the softmax.
+        # FLOPs), its logits in float32 for sampling; the loss takes token_losses' path.
         logits_MxV = tied_head(h_MxD, self.embed.embedding.astype(self.dtype))
         return logits_MxV.reshape(B, T, -1), new_cache
 
