@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flaxgen.models.layers import Dense
 from flaxgen.training import rng
 
 
@@ -19,8 +20,8 @@ class Classifier(nn.Module):
     def __call__(self, x, features: bool = False):
         h = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2))(x))
         h = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2))(h))
-        h = nn.relu(nn.Dense(128)(h.reshape(h.shape[0], -1)))
-        return h if features else nn.Dense(10)(h)
+        h = nn.relu(Dense(128)(h.reshape(h.shape[0], -1)))
+        return h if features else Dense(10)(h)
 
 
 def _cache_file(name: str) -> Path:

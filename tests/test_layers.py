@@ -60,3 +60,64 @@ def test_auto_convolutions_are_the_matmul_forms_on_cpus_and_gpus(monkeypatch):
     assert layers.conv_implementation("gemm") == "gemm"
     with pytest.raises(ConfigError, match="^config key 'model.conv' is 'cudnn'; use auto, gemm, xla$"):
         layers.conv_implementation("cudnn")
+
+
+@pytest.mark.usefixtures("full_float32_matmuls")
+@pytest.mark.parametrize("rows, inner, outer", [(300, 256, 32), (300, 32, 256), (64, 256, 32)])
+def test_matmul_is_x_at_w_in_value_gradients_forward_mode_and_second_order(rows, inner, outer):
+    from flaxgen.models.layers import matmul
+
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (rows, inner))
+    w = 0.05 * jax.random.normal(kw, (inner, outer))
+    loss = lambda mm: lambda x, w: jnp.sum(jnp.tanh(mm(x, w)))
+    # R1's shape of second order: the gradient of a penalty on the input gradient
+    penalty = lambda mm: lambda w: jnp.sum(jax.grad(loss(mm))(x, w) ** 2)
+    checks = [lambda mm: mm(x, w),
+              lambda mm: jax.grad(loss(mm), (0, 1))(x, w),
+              lambda mm: jax.jvp(lambda w: mm(x, w), (w,), (jnp.ones_like(w),))[1],
+              lambda mm: jax.grad(penalty(mm))(w)]
+    for check in checks:
+        for got, expected in zip(jax.tree.leaves(jax.jit(lambda: check(matmul))()),
+                                 jax.tree.leaves(check(jnp.matmul))):
+            # float32 sums in another order: differences at the scale of the largest entry
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_matmuls_weight_gradient_is_a_plain_matmul_on_cpu_and_jaxs_dot_elsewhere():
+    from flaxgen.models.layers import matmul
+
+    x, w = jnp.ones((512, 256)), jnp.ones((256, 32))
+    weight_gradient = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(matmul(x, w)))))
+    # XLA:CPU runs a dot contracting dimension 0 of both operands on its slow path
+    compiled = weight_gradient.lower(w).compile().as_text()
+    assert "lhs_contracting_dims={0}" not in compiled
+    plain = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(x @ w)))).lower(w).compile().as_text()
+    assert "lhs_contracting_dims={0}" in plain     # what the check catches
+    gpu = weight_gradient.trace(w).lower(lowering_platforms=("cuda",)).as_text()
+    assert "contracting_dims = [0] x [0]" in gpu and "optimization_barrier" not in gpu
+
+
+def test_matmul_computes_no_product_for_an_operand_not_differentiated():
+    from flaxgen.models.layers import matmul
+
+    x, w = jnp.ones((512, 256)), jnp.ones((256, 32))
+    # Forward mode in x alone: the value and its tangent, two products. A zero tangent for w
+    # made concrete would add a third (zeros times x, kept by the barriers).
+    jvp = jax.jit(lambda x, dx: jax.jvp(lambda x: matmul(x, w), (x,), (dx,)))
+    assert jvp.lower(x, x).compile().as_text().count(" dot(") == 2
+
+
+def test_dense_is_flaxs_dense_with_the_same_parameters():
+    from flaxgen.models.layers import Dense
+
+    x = jax.random.normal(jax.random.key(0), (300, 4, 256))
+    ours, reference = Dense(32), nn.Dense(32)
+    params = reference.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_array_equal(ours.init(jax.random.key(1), x)["params"]["kernel"], params["params"]["kernel"])
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+        grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (ours, reference)]
+    for got, expected in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxgen.models import Family, compute_dtype
+from flaxgen.models.layers import Dense
 from flaxgen.models.losses import bernoulli_nats
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
 
@@ -23,8 +24,8 @@ class Autoencoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        self.encoder = nn.Dense(self.code_dim, dtype=self.dtype)
-        self.decoder = nn.Dense(math.prod(self.image_shape), dtype=self.dtype)
+        self.encoder = Dense(self.code_dim, dtype=self.dtype)
+        self.decoder = Dense(math.prod(self.image_shape), dtype=self.dtype)
 
     def encode(self, x_BxHxWxC):
         return nn.relu(self.encoder(x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)))

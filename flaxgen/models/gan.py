@@ -16,7 +16,7 @@ import optax
 
 from flaxgen.config import ConfigError
 from flaxgen.models import Family, compute_dtype
-from flaxgen.models.layers import conv_implementation, conv_layers
+from flaxgen.models.layers import Dense, conv_implementation, conv_layers
 from flaxgen.training import rng
 from flaxgen.training.state import TrainState, apply_updates, loss_and_grads, make_optimizer
 
@@ -46,7 +46,8 @@ def defaults() -> dict:
         # splits that player's gradient into micro-batches.
         "optim_d": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8,
                     "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
-                    "decay_steps": None, "min_lr": 0.0, "grad_clip": None, "accum_steps": 1},
+                    "decay_steps": None, "min_lr": 0.0, "grad_clip": None, "accum_steps": 1,
+                    "cpu_micro_batch": None},
     }
 
 
@@ -62,8 +63,8 @@ class DenseGenerator(nn.Module):
     def __call__(self, z):
         h = z
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
-        logits = nn.Dense(math.prod(self.shape), dtype=self.dtype)(h).astype(jnp.float32)
+            h = nn.relu(Dense(width, dtype=self.dtype)(h))
+        logits = Dense(math.prod(self.shape), dtype=self.dtype)(h).astype(jnp.float32)
         return nn.sigmoid(logits).reshape(z.shape[0], *self.shape)
 
 
@@ -75,8 +76,8 @@ class DenseDiscriminator(nn.Module):
     def __call__(self, x):
         h = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
-        return nn.Dense(1, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
+            h = nn.relu(Dense(width, dtype=self.dtype)(h))
+        return Dense(1, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
 
 
 class DCGenerator(nn.Module):
@@ -90,7 +91,7 @@ class DCGenerator(nn.Module):
     def __call__(self, z):
         _, convt = conv_layers(self.conv, self.dtype)
         h, w, c = self.shape
-        x = nn.Dense((h // 4) * (w // 4) * 2 * self.width, dtype=self.dtype)(z)
+        x = Dense((h // 4) * (w // 4) * 2 * self.width, dtype=self.dtype)(z)
         x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x.reshape(z.shape[0], h // 4, w // 4, 2 * self.width)))
         x = nn.relu(nn.LayerNorm(dtype=self.dtype)(convt(self.width, (4, 4), (2, 2))(x)))
         return nn.sigmoid(convt(c, (4, 4), (2, 2))(x).astype(jnp.float32))
@@ -107,7 +108,7 @@ class DCDiscriminator(nn.Module):
         conv, _ = conv_layers(self.conv, self.dtype)
         x = nn.leaky_relu(conv(self.width, (4, 4), (2, 2))(x), 0.2)
         x = nn.leaky_relu(conv(2 * self.width, (4, 4), (2, 2))(x), 0.2)
-        return nn.Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))[:, 0].astype(jnp.float32)
+        return Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))[:, 0].astype(jnp.float32)
 
 
 class MLP(nn.Module):
@@ -121,9 +122,9 @@ class MLP(nn.Module):
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
         for _ in range(self.depth):
-            x = nn.Dense(self.width, dtype=self.dtype)(x)
+            x = Dense(self.width, dtype=self.dtype)(x)
             x = nn.leaky_relu(x, 0.2) if self.leaky else nn.relu(x)
-        x = nn.Dense(self.out, dtype=self.dtype)(x).astype(jnp.float32)
+        x = Dense(self.out, dtype=self.dtype)(x).astype(jnp.float32)
         return x[:, 0] if self.out == 1 else x
 
 

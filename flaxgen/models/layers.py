@@ -1,11 +1,13 @@
-"""Convolutions for the image families, and strided convolutions as 2-D matmuls.
+"""Dense and convolution layers for every family: strided convolutions as 2-D matmuls, and one
+2-D matmul whose weight gradient takes the layout XLA:CPU runs fastest.
 
 XLA:CPU runs convolutions with dilated inputs (a strided transposed convolution, and the input
 gradient of a strided convolution) on a very slow path, and small-channel convolutions well
 below its matmul speed. `conv_gemm` and `conv_transpose_gemm` compute exactly the function of
 `nn.Conv` / `nn.ConvTranspose` with 'SAME' padding and the same parameters (kernel HWIO, bias),
 but every heavy operation they emit, forward and backward, is one 2-D matmul plus shifted
-adds/slices. `Conv2D` runs either those or lax's convolutions (`model.conv`).
+adds/slices. `Conv2D` runs either those or lax's convolutions (`model.conv`). `Dense` is nn.Dense
+(same function, parameters and names) computed through `matmul`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,57 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
+
+
+def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
+    """x @ w. Where the weight gradient xᵀ @ g contracts many rows into a much narrower output
+    (M >= 256 rows, N <= K/4: a conv's im2col, the GPT's MLP down-projection), XLA:CPU runs that
+    dot (contracting dimension 0 of both) on Eigen at ~55 GFLOP/s; computed as (gᵀ @ x)ᵀ with
+    gᵀ written out, it is a plain YNNPACK matmul at 1.2-2x the speed (benchmarks/README.md,
+    item 14). Other shapes, and every other platform, get jax's own rule."""
+    (M, K), N = x_MxK.shape, w_KxN.shape[1]
+    if M >= 256 and 4 * N <= K:
+        return _matmul_narrow_weight_gradient(x_MxK, w_KxN)
+    return x_MxK @ w_KxN
+
+
+@jax.custom_jvp
+def _matmul_narrow_weight_gradient(x_MxK, w_KxN):
+    return x_MxK @ w_KxN
+
+
+def _matmul_jvp(primals, tangents):
+    """A custom JVP, not a VJP, so that forward mode keeps working: the tangent in w is written
+    so that its transpose (the weight gradient) is bar(bar(gᵀ) @ x)ᵀ; the barriers stop XLA from
+    folding the transposes back into the dot."""
+    x_MxK, w_KxN = primals
+    dx_MxK, dw_KxN = tangents
+    barrier = jax.lax.optimization_barrier
+    terms = []
+    if not isinstance(dx_MxK, SymbolicZero):
+        terms.append(dx_MxK @ w_KxN)
+    if not isinstance(dw_KxN, SymbolicZero):
+        cpu = lambda dw_KxN: barrier(barrier(dw_KxN.T) @ x_MxK.T).T
+        terms.append(jax.lax.platform_dependent(dw_KxN, cpu=cpu, default=lambda dw_KxN: x_MxK @ dw_KxN))
+    return x_MxK @ w_KxN, sum(terms[1:], terms[0])
+
+
+_matmul_narrow_weight_gradient.defjvp(_matmul_jvp, symbolic_zeros=True)
+
+
+def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's contraction of the inputs' last axis with a 2-D kernel, through `matmul`."""
+    if (precision is None and preferred_element_type is None and rhs.ndim == 2
+            and dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ()))):
+        return matmul(lhs.reshape(-1, lhs.shape[-1]), rhs).reshape(*lhs.shape[:-1], rhs.shape[1])
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+
+
+class Dense(nn.Dense):
+    """nn.Dense computed through `matmul`: the same function, parameters and parameter names."""
+
+    dot_general: Any = _dense_dot_general
 
 
 def _transpose_same_padding(kernel: int, stride: int) -> tuple[int, int]:
@@ -42,7 +95,7 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
     pad_w = _transpose_same_padding(kw, stride)[0]
     # One 2-D matmul for all taps (XLA:CPU is slow on multi-axis contractions).
     wide = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-    taps = (x.reshape(n * h * w, cin) @ wide).reshape(n, h, w, kh * kw, cout)
+    taps = matmul(x.reshape(n * h * w, cin), wide).reshape(n, h, w, kh * kw, cout)
     # split, not per-tap indexing: the gradient of a split is one concatenate, while each
     # index's gradient is a zero-padded copy of the whole tap array (taps^2 memory traffic).
     taps = [t[:, :, :, 0, :] for t in jnp.split(taps, kh * kw, axis=3)]
@@ -72,7 +125,7 @@ def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     patches = jnp.concatenate([x[:, ty:ty + span_h:stride, tx:tx + span_w:stride, :]
                                for ty in range(kh) for tx in range(kw)], 3)  # (n, oh, ow, taps*cin)
     # 2-D matmul: XLA:CPU is slow on multi-axis contractions
-    out = patches.reshape(n * out_h * out_w, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+    out = matmul(patches.reshape(n * out_h * out_w, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
     return out.reshape(n, out_h, out_w, cout)
 
 

@@ -19,6 +19,7 @@ import optax
 
 from flaxgen.config import ConfigError
 from flaxgen.models import Family, compute_dtype
+from flaxgen.models.layers import Dense
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
 
 
@@ -104,7 +105,7 @@ class Attention(nn.Module):
         (B, T), D = positions_BxT.shape, x_MxD.shape[-1]
         N, H = self.n_head, D // self.n_head
         init = nn.initializers.normal(0.02)
-        qkv_BxTx3xNxH = nn.Dense(3 * D, dtype=self.dtype, kernel_init=init, name="qkv")(x_MxD).reshape(B, T, 3, N, H)
+        qkv_BxTx3xNxH = Dense(3 * D, dtype=self.dtype, kernel_init=init, name="qkv")(x_MxD).reshape(B, T, 3, N, H)
         # split, not indexing: its gradient is one concatenate instead of three padded copies
         q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = (part[:, :, 0] for part in jnp.split(qkv_BxTx3xNxH, 3, axis=2))
         if self.rope:
@@ -127,7 +128,7 @@ class Attention(nn.Module):
                                              implementation="xla")
             new_cache = (k_cache, v_cache, slot_pos_BxS)
         residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer))
-        out_MxD = nn.Dense(D, dtype=self.dtype, kernel_init=residual_init, name="out")(y.reshape(B * T, D))
+        out_MxD = Dense(D, dtype=self.dtype, kernel_init=residual_init, name="out")(y.reshape(B * T, D))
         return out_MxD, new_cache
 
 
@@ -148,8 +149,8 @@ class Block(nn.Module):
         x_MxD = x_MxD + nn.Dropout(self.dropout)(h, deterministic)
         init = nn.initializers.normal(0.02)
         residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer))
-        h = nn.Dense(4 * self.d_model, dtype=self.dtype, kernel_init=init)(nn.LayerNorm(dtype=self.dtype)(x_MxD))
-        h = nn.Dense(self.d_model, dtype=self.dtype, kernel_init=residual_init)(nn.gelu(h))
+        h = Dense(4 * self.d_model, dtype=self.dtype, kernel_init=init)(nn.LayerNorm(dtype=self.dtype)(x_MxD))
+        h = Dense(self.d_model, dtype=self.dtype, kernel_init=residual_init)(nn.gelu(h))
         return x_MxD + nn.Dropout(self.dropout)(h, deterministic), new_cache
 
 

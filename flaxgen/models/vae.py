@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxgen.models import Family, compute_dtype
-from flaxgen.models.layers import conv_implementation, conv_layers
+from flaxgen.models.layers import Dense, conv_implementation, conv_layers
 from flaxgen.models.losses import bernoulli_nats
 from flaxgen.training import rng
 from flaxgen.training.state import TrainState, gradient_step, make_optimizer
@@ -34,8 +34,8 @@ def defaults() -> dict:
 
 def gaussian_head(h, latent_dim, dtype):
     """(mean, logvar) in float32: the reparameterisation and the KL need full precision."""
-    mean = nn.Dense(latent_dim, dtype=dtype, name="mean")(h)
-    logvar = nn.Dense(latent_dim, dtype=dtype, name="logvar")(h)
+    mean = Dense(latent_dim, dtype=dtype, name="mean")(h)
+    logvar = Dense(latent_dim, dtype=dtype, name="logvar")(h)
     return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
 
@@ -48,7 +48,7 @@ class DenseEncoder(nn.Module):
     def __call__(self, x_BxHxWxC):
         h = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
+            h = nn.relu(Dense(width, dtype=self.dtype)(h))
         return gaussian_head(h, self.latent_dim, self.dtype)
 
 
@@ -61,8 +61,8 @@ class DenseDecoder(nn.Module):
     def __call__(self, z_BxZ):
         h = z_BxZ
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
-        logits = nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(h).astype(jnp.float32)
+            h = nn.relu(Dense(width, dtype=self.dtype)(h))
+        logits = Dense(math.prod(self.image_shape), dtype=self.dtype)(h).astype(jnp.float32)
         return logits.reshape(z_BxZ.shape[0], *self.image_shape)
 
 
@@ -78,7 +78,7 @@ class ConvEncoder(nn.Module):
         conv, _ = conv_layers(self.conv, self.dtype)
         h = nn.relu(conv(32, (3, 3), (2, 2))(x_BxHxWxC))
         h = nn.relu(conv(64, (3, 3), (2, 2))(h))
-        h = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(h.reshape(h.shape[0], -1)))
+        h = nn.relu(Dense(self.dense, dtype=self.dtype)(h.reshape(h.shape[0], -1)))
         return gaussian_head(h, self.latent_dim, self.dtype)
 
 
@@ -92,7 +92,7 @@ class ConvDecoder(nn.Module):
     def __call__(self, z_BxZ):
         _, convt = conv_layers(self.conv, self.dtype)
         height, width, channels = self.image_shape
-        h = nn.relu(nn.Dense((height // 4) * (width // 4) * 64, dtype=self.dtype)(z_BxZ))
+        h = nn.relu(Dense((height // 4) * (width // 4) * 64, dtype=self.dtype)(z_BxZ))
         h = h.reshape(z_BxZ.shape[0], height // 4, width // 4, 64)
         h = nn.relu(convt(64, (3, 3), (2, 2))(h))
         h = nn.relu(convt(32, (3, 3), (2, 2))(h))
