@@ -12,9 +12,9 @@ def get_config():
         "optim": {"name": "adamw", "lr": 1e-3, "b1": 0.9, "b2": 0.99, "weight_decay": 0.1,
                   "schedule": "cosine", "warmup_steps": 100, "decay_steps": 2000, "min_lr": 1e-4,
                   "grad_clip": 1.0,
-                  # The batch of 12 as 2 micro-batches of 6: the same gradient, ~15% faster steps
-                  # on a 2-core CPU (cache-sized work; see benchmarks/README.md). 1 on accelerators.
-                  "accum_steps": 2},
+                  # On CPUs the batch of 12 runs as 2 micro-batches of 6: the same gradient, ~15%
+                  # faster steps on 2 cores (cache-sized work; benchmarks/README.md). Whole elsewhere.
+                  "cpu_micro_batch": 6},
         "train": {"steps": 2000},
         "eval": {"every": 500, "batches": 20},
         "checkpoint": {"every": 1000},

@@ -34,24 +34,26 @@ MODELS = {
     # the Keras example's MLP VAE (784-512-2-512-784, grey-level pixels): like for like with its figure
     "vae": ({"model": {"family": "vae", "arch": "dense", "encoder_hidden": [512], "decoder_hidden": [512],
                        "latent_dim": 2}, "data": IMAGES}, [128, 512]),
-    "conv_vae": ({"model": {"family": "vae", "arch": "conv", "latent_dim": 2}, "data": IMAGES}, [128, 256]),
+    "conv_vae": ({"model": {"family": "vae", "arch": "conv", "latent_dim": 2}, "data": IMAGES,
+                  "optim": {"cpu_micro_batch": 32}}, [128, 256]),
     "gan": ({"model": {"family": "gan", "arch": "dense"}, "data": IMAGES}, [64, 256]),
     "dcgan": ({"model": {"family": "gan", "arch": "dcgan", "latent_dim": 64, "dcgan_width": 32,
-                         "r1_gamma": 1.0}, "data": IMAGES}, [64, 128]),
+                         "r1_gamma": 1.0}, "data": IMAGES,
+               "optim": {"cpu_micro_batch": 64}, "optim_d": {"cpu_micro_batch": 64}}, [64, 128]),
     "gpt_cpu": ({"model": {"family": "transformer", "n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size": 65},
                  "data": {"name": "synthetic_tokens", "block_size": 64, "vocab_size": 65, "num_examples": 100_000},
-                 "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0}}, [12, 48]),
+                 "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0, "cpu_micro_batch": 6}},
+                [12, 48]),
     "gpt2_small": ({"model": {"family": "transformer", "n_layer": 12, "n_head": 12, "d_model": 768,
                               "vocab_size": 50304, "dtype": "bfloat16"},
                     "data": {"name": "synthetic_tokens", "block_size": 1024, "vocab_size": 50257,
                              "num_examples": 1_000_000},
                     "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0}}, [8, 16, 32]),
 }
-# On CPU these steps run as micro-batches of this size (gradients averaged: the same update).
-# Measured on 2 cores: the conv VAE at batch 128 takes ~1.3x less time as 4 x 32, the GPT
-# recipe at batch 12 ~1.15x less as 2 x 6, the DCGAN at batch 128 ~1.25x less as 2 x 64 (at
-# batch 64, 2 x 32 is no faster); the dense models only lose (see benchmarks/README.md).
-CPU_MICRO_BATCH = {"conv_vae": 32, "gpt_cpu": 6, "dcgan": 64}
+# `cpu_micro_batch`: on CPU these steps run as micro-batches of that size (gradients averaged:
+# the same update). Measured on 2 cores: the conv VAE at batch 128 takes ~1.3x less time as
+# 4 x 32, the GPT recipe at batch 12 ~1.15x less as 2 x 6, the DCGAN at batch 128 ~1.25x less as
+# 2 x 64 (at batch 64, 2 x 32 is no faster); the dense models only lose (benchmarks/README.md).
 PRESETS = {
     "default": ["autoencoder", "vae", "conv_vae", "gan", "dcgan", "gpt_cpu"],
     "full": list(MODELS),
@@ -84,12 +86,12 @@ class Result:
 
 
 def micro_batches(model: str, batch: int, strategy: str, devices: int | None) -> int:
-    """How many micro-batches a case's per-device batch runs as (CPU only, see CPU_MICRO_BATCH)."""
-    size = CPU_MICRO_BATCH.get(model)
-    if size is None or jax.default_backend() != "cpu":
-        return 1
+    """How many micro-batches a case's per-device batch runs as on this backend."""
+    from flaxgen.training.loop import run_config
+
     per_device = batch // (1 if strategy == "single" else devices or jax.local_device_count())
-    return per_device // size if per_device % size == 0 and per_device > size else 1
+    config = case_config(model, batch, strategy, devices, None)
+    return run_config(config, per_device, jax.default_backend()).optim.accum_steps
 
 
 def run_dtype(requested: str | None, platform: str) -> str:
@@ -118,24 +120,28 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
 def case_config(model: str, batch: int, strategy: str, devices: int | None, dtype: str | None,
                 overrides: Sequence[str] = ()):
-    """A case's config; `overrides` (`--set a.b=v`) apply to it after the case's own keys. Where
-    they name no accum_steps, CPU cases split their batch as CPU_MICRO_BATCH says."""
+    """A case's config; `overrides` (`--set a.b=v`) apply to it after the case's own keys. A case
+    whose per-device batch does not divide into its `cpu_micro_batch`, or whose overrides name an
+    accum_steps, runs its batch whole unless told."""
     raw = copy.deepcopy(MODELS[model][0])
     raw.setdefault("data", {})["batch_size"] = batch
     raw["parallel"] = {"strategy": strategy, "num_devices": devices}
     raw["log"] = {"tensorboard": False, "progress": False}
     raw["model"]["dtype"] = case_dtype(model, dtype)
     check_overrides(overrides)
-    config = build_config(raw, list(overrides))
-    if not any(item.partition("=")[0].endswith(".accum_steps") for item in overrides):
-        set_micro_batches(config, micro_batches(model, batch, strategy, devices))
-    return config
+    per_device = batch // (1 if strategy == "single" else devices or jax.local_device_count())
+    names_accum_steps = any(item.partition("=")[0].endswith(".accum_steps") for item in overrides)
+    for name, section in raw.items():
+        size = section.get("cpu_micro_batch") if name.startswith("optim") else None
+        if size and (names_accum_steps or per_device % size):
+            section["cpu_micro_batch"] = None
+    return build_config(raw, list(overrides))
 
 
 def set_micro_batches(config, count: int) -> None:
     """Every player's gradient (a GAN has two optimizer sections) runs as `count` micro-batches."""
     for name in optimizer_sections(config):
-        config[name].accum_steps = count
+        config[name].accum_steps, config[name].cpu_micro_batch = count, None
 
 
 def time_case(model: str, batch: int, strategy: str = "single", devices: int | None = None,
@@ -146,8 +152,8 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
     repeat (for interleaving with a peer)."""
     from flaxgen.training.loop import Experiment, reports_metrics
 
-    config = case_config(model, batch, strategy, devices, dtype, overrides)
-    experiment = Experiment.build(config)
+    experiment = Experiment.build(case_config(model, batch, strategy, devices, dtype, overrides))
+    config = experiment.config      # with the micro-batches this backend runs
     strategy_obj = experiment.strategy
     state = strategy_obj.put_state(experiment.init_state())
     args = experiment.step_args(0)

@@ -75,6 +75,7 @@ COMMON_DEFAULTS: dict = {
         "min_lr": 0.0,
         "grad_clip": None,          # global-norm clipping
         "accum_steps": 1,           # the step's gradient as a scan over this many micro-batches
+        "cpu_micro_batch": None,    # on CPUs only: micro-batches of this many examples per device
     },
     "train": {
         "steps": 1000,
@@ -236,6 +237,13 @@ def validate(config: Config) -> None:
     _check_unread_keys(config)
     for name in optimizer_sections(config):
         optim = config[name]
+        size = optim.cpu_micro_batch
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+            raise ConfigError(f"config key '{name}.cpu_micro_batch' must be a positive integer or None, got {size!r}")
+        if size is not None and optim.accum_steps != 1:
+            raise ConfigError(f"config keys '{name}.accum_steps' ({optim.accum_steps}) and '{name}.cpu_micro_batch' "
+                              f"({size}) both split the batch; set {name}.accum_steps=1 or "
+                              f"{name}.cpu_micro_batch=None")
         if optim.weight_decay and optim.name != "adamw":
             raise ConfigError(f"config key '{name}.weight_decay' is {optim.weight_decay} but {name}.name is "
                               f"{optim.name!r}, which has no weight decay; set {name}.name=adamw or "

@@ -18,19 +18,25 @@ def test_cpu_micro_batches_split_the_per_device_batch():
     assert bench.micro_batches("autoencoder", 256, "single", None) == 1
 
 
+def run_config_of(*case):
+    from flaxgen.training.loop import split_batch
+
+    return split_batch(bench.case_config(*case))[1]
+
+
 def test_both_players_of_a_gan_case_run_as_micro_batches():
-    split = bench.case_config("dcgan", 128, "single", None, None)
-    whole = bench.case_config("dcgan", 64, "single", None, None)
+    split = run_config_of("dcgan", 128, "single", None, None)
+    whole = run_config_of("dcgan", 64, "single", None, None)
     assert (split.optim.accum_steps, split.optim_d.accum_steps) == (2, 2)
     assert (whole.optim.accum_steps, whole.optim_d.accum_steps) == (1, 1)
 
 
 def test_set_overrides_every_case_and_an_accum_steps_override_replaces_the_cpu_split():
-    xla = bench.case_config("gpt_cpu", 12, "single", None, None, ["model.attention=xla"])
+    xla = run_config_of("gpt_cpu", 12, "single", None, None, ["model.attention=xla"])
     assert xla.model.attention == "xla" and xla.optim.accum_steps == 2
-    whole = bench.case_config("conv_vae", 128, "single", None, None, ["optim.accum_steps=1"])
+    whole = run_config_of("conv_vae", 128, "single", None, None, ["optim.accum_steps=1"])
     assert whole.optim.accum_steps == 1
-    assert bench.case_config("conv_vae", 128, "single", None, None).optim.accum_steps == 4
+    assert run_config_of("conv_vae", 128, "single", None, None).optim.accum_steps == 4
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -217,13 +223,17 @@ def test_profile_counts_a_gpus_stream_kernels_not_the_lines_that_nest_over_them(
 
 def runtime_branches(stablehlo: str) -> list[str]:
     """The loops and the conditionals that choose on a value computed at run time. jax's
-    platform_dependent lowers to cases on constants, which XLA folds away."""
+    platform_dependent lowers to cases on constants, which XLA folds away. SSA names are scoped
+    to their function, so each function is read apart."""
     import re
-    defined_by = dict(re.findall(r"(%[\w#]+) = \"?([\w.]+)", stablehlo))
-    picks = re.findall(r"\"stablehlo\.case\"\((%[\w#]+)\)", stablehlo)
-    return (re.findall(r"stablehlo\.while", stablehlo)
-            + [index for index in picks if defined_by.get(index) not in ("stablehlo.constant", "stablehlo.case")]
-            + re.findall(r"stablehlo\.if\b", stablehlo))
+    found = []
+    for function in stablehlo.split("func.func")[1:]:
+        defined_by = dict(re.findall(r"(%[\w#]+) = \"?([\w.]+)", function))
+        picks = re.findall(r"\"stablehlo\.case\"\((%[\w#]+)\)", function)
+        found += (re.findall(r"stablehlo\.while", function)
+                  + [index for index in picks if defined_by.get(index) not in ("stablehlo.constant", "stablehlo.case")]
+                  + re.findall(r"stablehlo\.if\b", function))
+    return found
 
 
 def test_bench_steps_lowered_for_a_gpu_hold_no_runtime_loop_or_conditional():

@@ -96,3 +96,40 @@ def test_unknown_family_names_the_choices():
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.py")))
 def test_every_shipped_config_is_valid(name):
     load_config(REPO / "configs" / name)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("optim.accum_steps=2", ["'optim.accum_steps' (2) and 'optim.cpu_micro_batch' (6) both split",
+                             "optim.cpu_micro_batch=None"]),
+    ("optim.cpu_micro_batch=0", ["'optim.cpu_micro_batch' must be a positive integer or None, got 0"]),
+])
+def test_a_batch_split_two_ways_or_into_nothing_is_refused(override, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(REPO / "configs/gpt_shakespeare_char.py", [override])
+    assert "\n" not in str(error.value) and all(word in str(error.value) for word in words)
+
+
+def test_cpu_micro_batches_split_the_batch_on_cpus_only(tmp_path):
+    from flaxgen.config import load_saved_config, save_config
+    from flaxgen.training.loop import run_config
+
+    config = load_config(REPO / "configs/conv_vae_mnist.py")      # batch 128, cpu_micro_batch 32
+    assert run_config(config, 128, "cpu").optim.accum_steps == 4
+    assert run_config(config, 64, "cpu").optim.accum_steps == 2      # two devices' share
+    assert run_config(config, 32, "cpu").optim.accum_steps == 1      # no larger: whole
+    assert run_config(config, 128, "gpu").optim.accum_steps == 1
+    assert run_config(config, 128, "cpu").optim.cpu_micro_batch is None
+    # the config itself, and what a workdir saves, keep the user's setting for any backend
+    assert (config.optim.accum_steps, config.optim.cpu_micro_batch) == (1, 32)
+    save_config(config, tmp_path / "config.json")
+    assert load_saved_config(tmp_path).optim.cpu_micro_batch == 32
+    with pytest.raises(ConfigError, match="^per-device batch 48 does not divide into micro-batches of "
+                                          "optim.cpu_micro_batch=32; use a data.batch_size"):
+        run_config(config, 48, "cpu")
+
+
+def test_a_run_builds_with_its_cpu_micro_batches():
+    from flaxgen.training.loop import split_batch
+
+    strategy, run = split_batch(load_config(REPO / "configs/gpt_shakespeare_char.py"))
+    assert run.optim.accum_steps == 2 and strategy.num_devices == 1

@@ -2,6 +2,7 @@
 contract (flaxgen.data.DataSource), never which model it is training."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -23,24 +24,44 @@ class TrainingDiverged(RuntimeError):
     """A metric became NaN or Inf."""
 
 
-def split_batch(config: Config) -> parallel.Strategy:
-    """The run's strategy, once its batch is known to divide across its devices and into every
-    optimizer section's micro-batches."""
+def split_batch(config: Config) -> tuple[parallel.Strategy, Config]:
+    """The run's strategy and the config it executes (`run_config`), once the batch is known to
+    divide across the devices and into every optimizer section's micro-batches."""
     strategy = parallel.make_strategy(config.parallel.strategy, config.parallel.num_devices,
                                       config.data.batch_size)
     per_device = config.data.batch_size // strategy.num_devices
+    config = run_config(config, per_device, strategy.devices[0].platform)
     for name in optimizer_sections(config):
         if per_device % config[name].accum_steps:
             raise ConfigError(f"per-device batch {per_device} does not divide into "
                               f"{name}.accum_steps={config[name].accum_steps} micro-batches")
-    return strategy
+    return strategy, config
+
+
+def run_config(config: Config, per_device: int, platform: str) -> Config:
+    """A copy of `config` with each optimizer section's `cpu_micro_batch` turned into its
+    accum_steps: on a CPU, a per-device batch larger than it runs as micro-batches of that size
+    (the same gradient, faster where the smaller work stays in cache: benchmarks/README.md,
+    item 6); elsewhere, or where the batch is no larger, whole."""
+    config = copy.deepcopy(config)
+    for name in optimizer_sections(config):
+        section = config[name]
+        size, section.cpu_micro_batch = section.cpu_micro_batch, None
+        if size is None or platform != "cpu" or per_device <= size:
+            continue
+        if per_device % size:
+            raise ConfigError(f"per-device batch {per_device} does not divide into micro-batches of "
+                              f"{name}.cpu_micro_batch={size}; use a data.batch_size whose per-device "
+                              f"share is a multiple of {size}, or set {name}.cpu_micro_batch=None")
+        section.accum_steps = per_device // size
+    return config
 
 
 @dataclass
 class Experiment:
     """What a run is made of, built without compiling anything (so bad input fails fast)."""
 
-    config: Config
+    config: Config      # the run config: cpu_micro_batch resolved for the strategy's devices
     source: object
     family: object
     strategy: parallel.Strategy
@@ -48,7 +69,7 @@ class Experiment:
     @classmethod
     def build(cls, config: Config, data_metadata: dict | None = None) -> "Experiment":
         """`data_metadata` (a workdir's data.json) builds the model without its dataset."""
-        strategy = split_batch(config)
+        strategy, config = split_batch(config)
         source = make_source(config, data_metadata)
         family = make_family(config, source.info)
         return cls(config, source, family, strategy)
