@@ -63,7 +63,7 @@ def test_auto_convolutions_are_the_matmul_forms_on_cpus_and_gpus(monkeypatch):
 
 
 @pytest.mark.usefixtures("full_float32_matmuls")
-@pytest.mark.parametrize("rows, inner, outer", [(300, 256, 32), (300, 32, 256), (64, 256, 32)])
+@pytest.mark.parametrize("rows, inner, outer", [(300, 256, 32), (300, 32, 256), (1000, 32, 256), (64, 256, 32)])
 def test_matmul_is_x_at_w_in_value_gradients_forward_mode_and_second_order(rows, inner, outer):
     from flaxgen.models.layers import matmul
 
@@ -84,10 +84,11 @@ def test_matmul_is_x_at_w_in_value_gradients_forward_mode_and_second_order(rows,
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-def test_matmuls_weight_gradient_is_a_plain_matmul_on_cpu_and_jaxs_dot_elsewhere():
+@pytest.mark.parametrize("rows, inner, outer", [(512, 256, 32), (384, 128, 512)])
+def test_matmuls_weight_gradient_is_a_plain_matmul_on_cpu_and_jaxs_dot_elsewhere(rows, inner, outer):
     from flaxgen.models.layers import matmul
 
-    x, w = jnp.ones((512, 256)), jnp.ones((256, 32))
+    x, w = jnp.ones((rows, inner)), jnp.ones((inner, outer))
     weight_gradient = jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(matmul(x, w)))))
     # XLA:CPU runs a dot contracting dimension 0 of both operands on its slow path
     compiled = weight_gradient.lower(w).compile().as_text()

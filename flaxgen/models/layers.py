@@ -11,6 +11,7 @@ adds/slices. `Conv2D` runs either those or lax's convolutions (`model.conv`). `D
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -21,25 +22,32 @@ from jax.custom_derivatives import SymbolicZero
 
 
 def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
-    """x @ w. Where the weight gradient xᵀ @ g contracts many rows into a much narrower output
-    (M >= 256 rows, N <= K/4: a conv's im2col, the GPT's MLP down-projection), XLA:CPU runs that
-    dot (contracting dimension 0 of both) on Eigen at ~55 GFLOP/s; computed as (gᵀ @ x)ᵀ with
-    gᵀ written out, it is a plain YNNPACK matmul at 1.2-2x the speed (benchmarks/README.md,
-    item 14). Other shapes, and every other platform, get jax's own rule."""
+    """x @ w, with its weight gradient xᵀ @ g in the layout XLA:CPU runs fastest.
+
+    XLA:CPU runs xᵀ @ g (a dot contracting dimension 0 of both operands) on Eigen, at ~55
+    GFLOP/s for a conv's im2col. Written as a plain matmul it runs on YNNPACK instead:
+    - many rows into a much narrower output (M >= 256, N <= K/4: a conv's im2col, the GPT's MLP
+      down-projection): (gᵀ @ x)ᵀ with gᵀ written out, 1.2-2x that op;
+    - a few hundred rows into a wider output (256 <= M <= 512, N >= K: the GPT's other
+      projections at its CPU micro-batch): xᵀ written out, then xᵀ @ g, 1.2-1.3x.
+    Other shapes (where either form measured slower), and every other platform, get jax's own
+    rule (benchmarks/README.md, item 14)."""
     (M, K), N = x_MxK.shape, w_KxN.shape[1]
     if M >= 256 and 4 * N <= K:
-        return _matmul_narrow_weight_gradient(x_MxK, w_KxN)
+        return _matmul(x_MxK, w_KxN, "transpose_gradient")
+    if 256 <= M <= 512 and N >= K:
+        return _matmul(x_MxK, w_KxN, "transpose_input")
     return x_MxK @ w_KxN
 
 
-@jax.custom_jvp
-def _matmul_narrow_weight_gradient(x_MxK, w_KxN):
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _matmul(x_MxK, w_KxN, weight_gradient_form):
     return x_MxK @ w_KxN
 
 
-def _matmul_jvp(primals, tangents):
+def _matmul_jvp(weight_gradient_form, primals, tangents):
     """A custom JVP, not a VJP, so that forward mode keeps working: the tangent in w is written
-    so that its transpose (the weight gradient) is bar(bar(gᵀ) @ x)ᵀ; the barriers stop XLA from
+    so that its transpose, the weight gradient, takes the chosen form. The barriers stop XLA from
     folding the transposes back into the dot."""
     x_MxK, w_KxN = primals
     dx_MxK, dw_KxN = tangents
@@ -48,12 +56,15 @@ def _matmul_jvp(primals, tangents):
     if not isinstance(dx_MxK, SymbolicZero):
         terms.append(dx_MxK @ w_KxN)
     if not isinstance(dw_KxN, SymbolicZero):
-        cpu = lambda dw_KxN: barrier(barrier(dw_KxN.T) @ x_MxK.T).T
+        if weight_gradient_form == "transpose_gradient":
+            cpu = lambda dw_KxN: barrier(barrier(dw_KxN.T) @ x_MxK.T).T    # transposed: bar(bar(gᵀ) @ x)ᵀ
+        else:
+            cpu = lambda dw_KxN: barrier(x_MxK.T).T @ dw_KxN               # transposed: bar(xᵀ) @ g
         terms.append(jax.lax.platform_dependent(dw_KxN, cpu=cpu, default=lambda dw_KxN: x_MxK @ dw_KxN))
     return x_MxK @ w_KxN, sum(terms[1:], terms[0])
 
 
-_matmul_narrow_weight_gradient.defjvp(_matmul_jvp, symbolic_zeros=True)
+_matmul.defjvp(_matmul_jvp, symbolic_zeros=True)
 
 
 def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
