@@ -85,13 +85,16 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
+def per_device_batch(batch: int, strategy: str, devices: int | None) -> int:
+    return batch // (1 if strategy == "single" else devices or jax.local_device_count())
+
+
 def micro_batches(model: str, batch: int, strategy: str, devices: int | None) -> int:
     """How many micro-batches a case's per-device batch runs as on this backend."""
     from flaxgen.training.loop import run_config
 
-    per_device = batch // (1 if strategy == "single" else devices or jax.local_device_count())
     config = case_config(model, batch, strategy, devices, None)
-    return run_config(config, per_device, jax.default_backend()).optim.accum_steps
+    return run_config(config, per_device_batch(batch, strategy, devices), jax.default_backend()).optim.accum_steps
 
 
 def run_dtype(requested: str | None, platform: str) -> str:
@@ -129,7 +132,7 @@ def case_config(model: str, batch: int, strategy: str, devices: int | None, dtyp
     raw["log"] = {"tensorboard": False, "progress": False}
     raw["model"]["dtype"] = case_dtype(model, dtype)
     check_overrides(overrides)
-    per_device = batch // (1 if strategy == "single" else devices or jax.local_device_count())
+    per_device = per_device_batch(batch, strategy, devices)
     names_accum_steps = any(item.partition("=")[0].endswith(".accum_steps") for item in overrides)
     for name, section in raw.items():
         size = section.get("cpu_micro_batch") if name.startswith("optim") else None

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxgen.config import ConfigError
+from flaxgen.config import COMMON_DEFAULTS, ConfigError
 from flaxgen.models import Family, compute_dtype
 from flaxgen.models.layers import Dense, conv_implementation, conv_layers
 from flaxgen.training import rng
@@ -42,12 +42,9 @@ def defaults() -> dict:
             "conv": "auto",             # dcgan: auto | gemm | xla (see layers.conv_implementation)
             "dtype": "float32",         # compute dtype: float32 | bfloat16
         },
-        # The discriminator's optimizer; `optim` is the generator's. Each section's accum_steps
-        # splits that player's gradient into micro-batches.
-        "optim_d": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8,
-                    "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
-                    "decay_steps": None, "min_lr": 0.0, "grad_clip": None, "accum_steps": 1,
-                    "cpu_micro_batch": None},
+        # The discriminator's optimizer, with every key of `optim` (the generator's). Each
+        # section's accum_steps / cpu_micro_batch splits that player's gradient into micro-batches.
+        "optim_d": {**COMMON_DEFAULTS["optim"], "lr": 2e-4, "b1": 0.5},
     }
 
 
