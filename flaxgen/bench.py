@@ -531,16 +531,27 @@ class PipedPeer:
                 self._process.kill()
 
 
+def timed_in_turn(run_a, steps_a, run_b, steps_b, rounds: int) -> tuple[list[float], list[float]]:
+    """`rounds` pairs of repeats, a then b and b then a in alternate rounds, so that neither side
+    always runs in the other's wake (threads still spinning, caches and clocks it left behind)."""
+    times_a, times_b = [], []
+    for index in range(rounds):
+        if index % 2:
+            times_b.append(run_b(steps_b))
+            times_a.append(run_a(steps_a))
+        else:
+            times_a.append(run_a(steps_a))
+            times_b.append(run_b(steps_b))
+    return times_a, times_b
+
+
 def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=1) -> list[dict]:
     """A/B interleaved repeats of our step and each peer's; the ratio per pair."""
     rows = []
     for name, peer_run in _peers_for(model, batch, dtype, micro_batches):
         steps = max(2, int(round(0.4 / max(flaxgen_run(2), 1e-6))))
         peer_steps = max(2, int(round(0.4 / max(peer_run(2), 1e-6))))
-        ours, theirs = [], []
-        for _ in range(repeats):
-            ours.append(flaxgen_run(steps))
-            theirs.append(peer_run(peer_steps))
+        ours, theirs = timed_in_turn(flaxgen_run, steps, peer_run, peer_steps, repeats)
         ratios = sorted(t / o for o, t in zip(ours, theirs))
         close = getattr(peer_run, "close", None)   # a worker process (PipedPeer): free it now
         if close is not None:

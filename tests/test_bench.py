@@ -154,6 +154,16 @@ def test_piped_peer_runs_steps_in_its_worker_and_says_why_a_worker_failed(tmp_pa
         bench.PipedPeer(_worker(tmp_path, "print('hello', flush=True)\nsys.stdin.read()\n"))
 
 
+def test_peer_rounds_alternate_which_side_runs_first():
+    calls = []
+    ours = lambda steps: calls.append(("ours", steps)) or 1.0
+    theirs = lambda steps: calls.append(("peer", steps)) or 2.0
+    times_ours, times_peer = bench.timed_in_turn(ours, 3, theirs, 5, rounds=4)
+    assert times_ours == [1.0] * 4 and times_peer == [2.0] * 4
+    assert [side for side, _ in calls] == ["ours", "peer", "peer", "ours", "ours", "peer", "peer", "ours"]
+    assert {side: steps for side, steps in calls} == {"ours": 3, "peer": 5}
+
+
 def test_each_case_is_measured_against_its_own_dtypes_peak(tmp_path, monkeypatch):
     assert bench.case_dtype("gpt_cpu", "bfloat16") == "bfloat16"
     assert bench.case_dtype("gpt2_small", None) == "bfloat16"
