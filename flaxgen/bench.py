@@ -357,14 +357,13 @@ def write_report(results, peers, meta, out_dir: Path) -> None:
              "splits its batch the same way.", ""]
     if peers:
         lines += ["## Side by side with peers (interleaved A/B, same batch and dtype)", "",
-                  f"flaxgen/peer: the median of the per-round ratios over {peers[0]['rounds']} rounds "
-                  "(min-max in brackets).", "",
+                  f"flaxgen/peer: the median of the per-round ratios over {peers[0]['rounds']} rounds, "
+                  "the middle half of them (IQR) and all of them (range) in brackets.", "",
                   "| model | batch | flaxgen ms/step | peer | peer ms/step | flaxgen/peer steps/s |",
                   "| --- | ---: | ---: | --- | ---: | ---: |"]
         for row in peers:
             lines.append(f"| {row['model']} | {row['batch']} | {row['flaxgen_ms']:.2f} | {row['peer']} | "
-                         f"{row['peer_ms']:.2f} | {row['ratio_median']:.2f}x "
-                         f"({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) |")
+                         f"{row['peer_ms']:.2f} | {ratio_spread(row)} |")
         lines.append("")
     lines += ["![scaling](scaling.png)", ""]
     (out_dir / "README.md").write_text("\n".join(lines))
@@ -383,7 +382,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="compute dtype of every model (default: bfloat16 on GPUs and TPUs, float32 on CPU)")
     parser.add_argument("--peers", action="store_true", help="time the PyTorch peers side by side")
-    parser.add_argument("--peer-repeats", type=int, default=11,
+    parser.add_argument("--peer-repeats", type=int, default=21,
                         help="interleaved A/B rounds per peer (their per-round ratios' median is reported)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="a config override for every case, e.g. model.attention=xla or "
@@ -449,8 +448,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         print()
         for row in peers:
             print(f"{row['model']:<10} batch {row['batch']:>4}: flaxgen {row['flaxgen_ms']:.2f} ms vs "
-                  f"{row['peer']} {row['peer_ms']:.2f} ms -> {row['ratio_median']:.2f}x "
-                  f"({row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
+                  f"{row['peer']} {row['peer_ms']:.2f} ms -> {ratio_spread(row)}")
     if args.out:
         meta = {"device": device_label(), "device_kind": device.device_kind, "backend": device.platform,
                 "jax": jax.__version__, "python": platform.python_version(),
@@ -531,6 +529,12 @@ class PipedPeer:
                 self._process.kill()
 
 
+def ratio_spread(row: dict) -> str:
+    """'1.06x (IQR 1.00-1.12, range 0.89-1.35)' for a peer row."""
+    return (f"{row['ratio_median']:.2f}x (IQR {row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}, "
+            f"range {row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
+
+
 def timed_in_turn(run_a, steps_a, run_b, steps_b, rounds: int) -> tuple[list[float], list[float]]:
     """`rounds` pairs of repeats, a then b and b then a in alternate rounds, so that neither side
     always runs in the other's wake (threads still spinning, caches and clocks it left behind)."""
@@ -556,7 +560,9 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
         close = getattr(peer_run, "close", None)   # a worker process (PipedPeer): free it now
         if close is not None:
             close()
+        quartile_1, _, quartile_3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
                      "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),
+                     "ratio_q1": quartile_1, "ratio_q3": quartile_3,
                      "ratio_min": ratios[0], "ratio_max": ratios[-1], "rounds": repeats})
     return rows

@@ -164,6 +164,16 @@ def test_peer_rounds_alternate_which_side_runs_first():
     assert {side: steps for side, steps in calls} == {"ours": 3, "peer": 5}
 
 
+def test_a_peer_row_is_the_median_ratio_with_its_middle_half_and_range(monkeypatch):
+    peer_seconds = iter([1.0, 3.0, 1.5, 2.5, 2.0])
+    ours = lambda steps: 0.01 if steps == 2 else 1.0         # 2 steps: the calibration call
+    theirs = lambda steps: 0.01 if steps == 2 else next(peer_seconds)
+    monkeypatch.setattr(bench, "_peers_for", lambda *args: [("toy", theirs)])
+    (row,) = bench._peer_side_by_side("gpt_cpu", 12, None, ours, repeats=5)
+    assert (row["peer"], row["rounds"], row["ratio_median"]) == ("toy", 5, 2.0)
+    assert bench.ratio_spread(row) == "2.00x (IQR 1.25-2.75, range 1.00-3.00)"
+
+
 def test_each_case_is_measured_against_its_own_dtypes_peak(tmp_path, monkeypatch):
     assert bench.case_dtype("gpt_cpu", "bfloat16") == "bfloat16"
     assert bench.case_dtype("gpt2_small", None) == "bfloat16"
