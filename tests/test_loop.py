@@ -148,6 +148,32 @@ def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_one_survives(tmp_p
     assert tree_equal(resumed["state"], straight["state"])
 
 
+def test_a_checkpoint_of_other_parameters_says_which_and_not_to_go_back_a_checkpoint(tmp_path):
+    import jax.numpy as jnp
+    from flaxgen.training.checkpoint import Checkpointer, abstract_like
+    from flaxgen.training.state import TrainState
+
+    def state(params):
+        return TrainState(step=jnp.int32(0), params=params, opt_state=(), extra=None)
+
+    saved = {"GemmConv_0": {"kernel": jnp.ones((3, 3, 1, 8))}, "Dense_0": {"kernel": jnp.ones((8, 2))}}
+    checkpoints = Checkpointer(tmp_path, use_async=False)
+    checkpoints.save(5, state(saved), {"epoch": 0})
+    checkpoints.wait()
+    # parameters renamed, as a newer flaxgen might
+    renamed = {"Conv2D_0": saved["GemmConv_0"], "Dense_0": saved["Dense_0"]}
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S+/5 holds other parameters than this model "
+                       r"\(parameters 1 only there, e.g. \['GemmConv_0'\]\['kernel'\]; 1 only here, e\.g\. "
+                       r"\['Conv2D_0'\]\['kernel'\]\); .*another config or flaxgen version"):
+        checkpoints.restore(5, abstract_like(state(renamed)))
+    wider = {**saved, "Dense_0": {"kernel": jnp.ones((8, 4))}}
+    with pytest.raises(CheckpointError, match=r"\['Dense_0'\]\['kernel'\] is \(8, 2\) there and \(8, 4\) here"):
+        checkpoints.restore(5, abstract_like(state(wider)))
+    restored, meta = checkpoints.restore(5, abstract_like(state(saved)))
+    assert meta == {"epoch": 0} and restored.params["Dense_0"]["kernel"].shape == (8, 2)
+    checkpoints.close()
+
+
 def test_gradient_accumulation_matches_the_big_batch(tmp_path, data_dir):
     whole = train(tiny_config("autoencoder", train={"steps": 5}), tmp_path / "whole")
     accumulated = train(tiny_config("autoencoder", train={"steps": 5}, optim={"accum_steps": 4}),

@@ -44,6 +44,13 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=args)
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            difference = parameter_difference(path / "state", abstract_state)
+            if difference:
+                # every checkpoint of the run has the same parameters: an older one will not help
+                raise CheckpointError(
+                    f"checkpoint {path} holds other parameters than this model ({difference}); it "
+                    f"was written by another config or flaxgen version: resume with that one, or "
+                    f"train in a fresh --workdir") from None
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointError(
                 f"checkpoint {path} cannot be restored ({type(error).__name__}: {message[:200]}); "
@@ -57,6 +64,32 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def parameter_difference(state_directory: Path, abstract_state) -> str | None:
+    """The first difference between the parameters stored in a checkpoint's state and those of
+    `abstract_state` (names, then shapes), or None where they agree or cannot be read."""
+    try:
+        with ocp.StandardCheckpointer() as reader:
+            stored = reader.metadata(state_directory).item_metadata.tree["params"]
+    except Exception:   # damaged or not ours: the caller's own message says what to do
+        return None
+
+    def shapes(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+    stored_shapes, model_shapes = shapes(stored), shapes(abstract_state.params)
+    only_stored = sorted(stored_shapes.keys() - model_shapes.keys())
+    only_model = sorted(model_shapes.keys() - stored_shapes.keys())
+    if only_stored or only_model:
+        said = [f"{len(names)} only {where}, e.g. {names[0]}"
+                for names, where in ((only_stored, "there"), (only_model, "here")) if names]
+        return "parameters " + "; ".join(said)
+    for name, shape in stored_shapes.items():
+        if model_shapes[name] != shape:
+            return f"{name} is {shape} there and {model_shapes[name]} here"
+    return None
 
 
 def abstract_like(state, device=None):
