@@ -535,6 +535,11 @@ def ratio_spread(row: dict) -> str:
             f"range {row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
 
 
+def _steps_lasting(run, seconds: float = 0.4) -> int:
+    """How many steps of `run` (timed once over 2) take about `seconds`; at least 2."""
+    return max(2, int(round(seconds / max(run(2), 1e-6))))
+
+
 def timed_in_turn(run_a, steps_a, run_b, steps_b, rounds: int) -> tuple[list[float], list[float]]:
     """`rounds` pairs of repeats, a then b and b then a in alternate rounds, so that neither side
     always runs in the other's wake (threads still spinning, caches and clocks it left behind)."""
@@ -553,9 +558,8 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
     """A/B interleaved repeats of our step and each peer's; the ratio per pair."""
     rows = []
     for name, peer_run in _peers_for(model, batch, dtype, micro_batches):
-        steps = max(2, int(round(0.4 / max(flaxgen_run(2), 1e-6))))
-        peer_steps = max(2, int(round(0.4 / max(peer_run(2), 1e-6))))
-        ours, theirs = timed_in_turn(flaxgen_run, steps, peer_run, peer_steps, repeats)
+        ours, theirs = timed_in_turn(flaxgen_run, _steps_lasting(flaxgen_run), peer_run,
+                                     _steps_lasting(peer_run), repeats)
         ratios = sorted(t / o for o, t in zip(ours, theirs))
         close = getattr(peer_run, "close", None)   # a worker process (PipedPeer): free it now
         if close is not None:
