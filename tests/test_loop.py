@@ -163,15 +163,26 @@ def test_a_checkpoint_of_other_parameters_says_which_and_not_to_go_back_a_checkp
     # parameters renamed, as a newer flaxgen might
     renamed = {"Conv2D_0": saved["GemmConv_0"], "Dense_0": saved["Dense_0"]}
     with pytest.raises(CheckpointError, match=r"^checkpoint \S+/5 holds other parameters than this model "
-                       r"\(parameters 1 only there, e.g. \['GemmConv_0'\]\['kernel'\]; 1 only here, e\.g\. "
-                       r"\['Conv2D_0'\]\['kernel'\]\); .*another config or flaxgen version"):
+                       r"\(1 only in the checkpoint, e.g. \['GemmConv_0'\]\['kernel'\]; 1 only in this run, "
+                       r"e\.g\. \['Conv2D_0'\]\['kernel'\]\); .*another config or flaxgen version"):
         checkpoints.restore(5, abstract_like(state(renamed)))
     wider = {**saved, "Dense_0": {"kernel": jnp.ones((8, 4))}}
-    with pytest.raises(CheckpointError, match=r"\['Dense_0'\]\['kernel'\] is \(8, 2\) there and \(8, 4\) here"):
+    with pytest.raises(CheckpointError, match=r"\['Dense_0'\]\['kernel'\] is \(8, 2\) in the checkpoint and "
+                       r"\(8, 4\) in this run"):
         checkpoints.restore(5, abstract_like(state(wider)))
     restored, meta = checkpoints.restore(5, abstract_like(state(saved)))
     assert meta == {"epoch": 0} and restored.params["Dense_0"]["kernel"].shape == (8, 2)
     checkpoints.close()
+
+
+def test_resuming_with_another_optimizer_names_the_optimizer_state_not_a_damaged_file(tmp_path, data_dir):
+    train(tiny_config("vae"), tmp_path)
+    # the same model with clipping added: the parameters agree, Adam's state sits one level deeper
+    with pytest.raises(CheckpointError, match=r"checkpoints/20 holds other optimizer state than this run's "
+                       r"optimizer \(\d+ only in the checkpoint, e\.g\. \[0\]\[0\]\['count'\]; \d+ only in "
+                       r"this run, e\.g\. \[1\]\[0\]\['count'\]\); .*resume with that one"):
+        train(tiny_config("vae", optim={"grad_clip": 1.0}, train={"steps": 30}), tmp_path)
+    assert (tmp_path / "checkpoints" / "20").is_dir()
 
 
 def test_gradient_accumulation_matches_the_big_batch(tmp_path, data_dir):

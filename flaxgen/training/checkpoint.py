@@ -6,6 +6,7 @@ half-written checkpoint in place of a good one.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -44,11 +45,11 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=args)
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            difference = parameter_difference(path / "state", abstract_state)
+            difference = state_difference(path / "state", abstract_state)
             if difference:
-                # every checkpoint of the run has the same parameters: an older one will not help
+                # every checkpoint of the run differs alike: an older one will not help
                 raise CheckpointError(
-                    f"checkpoint {path} holds other parameters than this model ({difference}); it "
+                    f"checkpoint {path} holds {difference}; it "
                     f"was written by another config or flaxgen version: resume with that one, or "
                     f"train in a fresh --workdir") from None
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -66,29 +67,65 @@ class Checkpointer:
         self.manager.close()
 
 
-def parameter_difference(state_directory: Path, abstract_state) -> str | None:
-    """The first difference between the parameters stored in a checkpoint's state and those of
-    `abstract_state` (names, then shapes), or None where they agree or cannot be read."""
+# each part of a TrainState, in the order a difference is looked for, with whose it is
+_STATE_PARTS = {"params": ("parameters", "this model"),
+                "opt_state": ("optimizer state", "this run's optimizer"),
+                "extra": ("training extras", "this run"), "step": ("step counter", "this run")}
+
+
+def state_difference(state_directory: Path, abstract_state) -> str | None:
+    """The first difference between the train state stored in a checkpoint and `abstract_state`
+    (parameters before optimizer state; names, then shapes), e.g. "other parameters than this
+    model (...)", or None where they agree or the stored metadata cannot be read."""
     try:
         with ocp.StandardCheckpointer() as reader:
-            stored = reader.metadata(state_directory).item_metadata.tree["params"]
+            stored = reader.metadata(state_directory).item_metadata.tree
     except Exception:   # damaged or not ours: the caller's own message says what to do
         return None
+    model = {field.name: getattr(abstract_state, field.name)
+             for field in dataclasses.fields(abstract_state)}
+    for field, (part, whose) in _STATE_PARTS.items():
+        try:
+            detail = _shape_difference(_leaf_shapes(stored.get(field)), _leaf_shapes(model.get(field)))
+        except TypeError:   # a stored tree of a kind we do not know: no claim about it
+            return None
+        if detail:
+            return f"other {part} than {whose} ({detail})"
+    return None
 
-    def shapes(tree):
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
-    stored_shapes, model_shapes = shapes(stored), shapes(abstract_state.params)
-    only_stored = sorted(stored_shapes.keys() - model_shapes.keys())
-    only_model = sorted(model_shapes.keys() - stored_shapes.keys())
+def _leaf_shapes(tree, path: str = "") -> dict[str, tuple]:
+    """{path: shape} of a pytree, spelled alike for live states (named tuples, dataclasses) and
+    for orbax's stored metadata (dicts and lists)."""
+    if tree is None:
+        return {}
+    if hasattr(tree, "shape"):   # an array, its abstract struct, or orbax's metadata of one
+        return {path: tuple(tree.shape)}
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        tree = {field.name: getattr(tree, field.name) for field in dataclasses.fields(tree)}
+    elif hasattr(tree, "_fields"):   # optax's states are named tuples
+        tree = tree._asdict()
+    if isinstance(tree, dict):
+        children = ((f"{path}[{key!r}]", child) for key, child in tree.items())
+    elif isinstance(tree, (list, tuple)):
+        children = ((f"{path}[{index}]", child) for index, child in enumerate(tree))
+    else:
+        raise TypeError(f"no shape for {path}: {type(tree).__name__}")
+    return {name: shape for child_path, child in children
+            for name, shape in _leaf_shapes(child, child_path).items()}
+
+
+def _shape_difference(stored: dict, model: dict) -> str | None:
+    only_stored = sorted(stored.keys() - model.keys())
+    only_model = sorted(model.keys() - stored.keys())
     if only_stored or only_model:
-        said = [f"{len(names)} only {where}, e.g. {names[0]}"
-                for names, where in ((only_stored, "there"), (only_model, "here")) if names]
-        return "parameters " + "; ".join(said)
-    for name, shape in stored_shapes.items():
-        if model_shapes[name] != shape:
-            return f"{name} is {shape} there and {model_shapes[name]} here"
+        said = [f"{len(names)} only in {where}, e.g. {names[0]}"
+                for names, where in ((only_stored, "the checkpoint"), (only_model, "this run"))
+                if names]
+        return "; ".join(said)
+    for name, shape in stored.items():
+        if model[name] != shape:
+            return f"{name} is {shape} in the checkpoint and {model[name]} in this run"
     return None
 
 
