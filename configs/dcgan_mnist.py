@@ -9,7 +9,9 @@ def get_config():
         "data": {"name": "mnist", "batch_size": 64, "eval_batch_size": 500},
         "optim": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999},
         "optim_d": {"lr": 2e-4, "b1": 0.5, "b2": 0.999},
-        "train": {"steps": 12_000},  # ~15 CPU-minutes on 2 cores
+        # on CPUs, YNNPACK for the matmuls only: ~1.04x faster steps (benchmarks/README.md, item 15)
+        "train": {"steps": 12_000,   # ~15 CPU-minutes on 2 cores
+                  "xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"]},
         "eval": {"every": 4_000, "batches": 2},
         "checkpoint": {"every": 4_000},
         "log": {"every": 200},

@@ -80,6 +80,9 @@ COMMON_DEFAULTS: dict = {
     "train": {
         "steps": 1000,
         "time_limit_s": None,       # stop (and checkpoint) after this many seconds of training
+        # XLA compiler options for the train step on CPUs only, as "name=value" strings
+        # (benchmarks/README.md, item 15); other backends compile without them
+        "xla_cpu_options": [],
     },
     "parallel": {
         "strategy": "auto",         # auto | single | mesh | pmap
@@ -235,6 +238,7 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is {value!r}; use one of: {', '.join(allowed)}")
     _check_unread_keys(config)
+    xla_cpu_options(config)
     for name in optimizer_sections(config):
         optim = config[name]
         size = optim.cpu_micro_batch
@@ -248,6 +252,22 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key '{name}.weight_decay' is {optim.weight_decay} but {name}.name is "
                               f"{optim.name!r}, which has no weight decay; set {name}.name=adamw or "
                               f"{name}.weight_decay=0")
+
+
+def xla_cpu_options(config: Config) -> dict[str, str]:
+    """`train.xla_cpu_options` as the compiler_options dict jax's compile takes."""
+    entries = config.train.xla_cpu_options
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(f"config key 'train.xla_cpu_options' must be a list of 'name=value' strings, "
+                          f"got {entries!r}")
+    options = {}
+    for entry in entries:
+        name, equals, value = entry.partition("=") if isinstance(entry, str) else ("", "", "")
+        if not equals or not name.startswith("xla_"):
+            raise ConfigError(f"config key 'train.xla_cpu_options' has {entry!r}; give each option as "
+                              f"'xla_name=value', e.g. 'xla_cpu_enable_fast_math=False'")
+        options[name] = value
+    return options
 
 
 def _unread_key(section: Config, defaults: dict, keys_read_by: dict, chosen: str) -> tuple[str, list[str]] | None:

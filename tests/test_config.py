@@ -31,6 +31,9 @@ def test_int_override_of_float_key_becomes_float():
     ("model.conv=gemm", ["model.conv", "model.arch=conv", "'dense'"]),
     ("model.conv_dense=8", ["model.conv_dense", "model.arch=conv"]),
     ("model.arch=cnn", ["model.arch", "dense, conv"]),
+    ("train.xla_cpu_options=['fast_math']", ["train.xla_cpu_options", "'fast_math'", "'xla_name=value'"]),
+    ("train.xla_cpu_options=[3]", ["train.xla_cpu_options", "3", "'xla_name=value'"]),
+    ("train.xla_cpu_options=3", ["train.xla_cpu_options", "list"]),
 ])
 def test_bad_overrides_fail_in_one_line(override, words):
     with pytest.raises(ConfigError) as error:

@@ -185,6 +185,23 @@ def test_resuming_with_another_optimizer_names_the_optimizer_state_not_a_damaged
     assert (tmp_path / "checkpoints" / "20").is_dir()
 
 
+def test_xla_cpu_options_reach_the_compiler_and_a_bad_one_names_the_key(data_dir):
+    from flaxgen.config import ConfigError
+    from flaxgen.training.loop import Experiment
+
+    def compiled_text(options):
+        experiment = Experiment.build(tiny_config("autoencoder", train={"xla_cpu_options": options}))
+        state = experiment.strategy.put_state(experiment.init_state())
+        return experiment.compile_step(state, experiment.step_args(0), 0)[0].as_text()
+
+    assert '"__ynn_fusion"' in compiled_text([])
+    # an empty fusion-type list turns YNNPACK off: none of its fusions may be left
+    assert '"__ynn_fusion"' not in compiled_text(["xla_cpu_experimental_ynn_fusion_type="])
+    with pytest.raises(ConfigError, match=r"^config key 'train.xla_cpu_options': .*xla_cpu_no_such_option.*; "
+                                          r"fix or drop that option$"):
+        compiled_text(["xla_cpu_no_such_option=1"])
+
+
 def test_gradient_accumulation_matches_the_big_batch(tmp_path, data_dir):
     whole = train(tiny_config("autoencoder", train={"steps": 5}), tmp_path / "whole")
     accumulated = train(tiny_config("autoencoder", train={"steps": 5}, optim={"accum_steps": 4}),

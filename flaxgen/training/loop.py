@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxgen.config import Config, ConfigError, optimizer_sections, save_config
+from flaxgen.config import Config, ConfigError, optimizer_sections, save_config, xla_cpu_options
 from flaxgen.data import make_source
 from flaxgen.models import make_family
 from flaxgen.training import parallel, rng
@@ -105,7 +105,15 @@ class Experiment:
     def compile_step(self, state, args, step: int):
         """The step compiled ahead of time for these placed inputs, and the seconds it took."""
         start = time.perf_counter()
-        compiled = self.step_function().lower(state, args, np.int32(step), np.bool_(True)).compile()
+        lowered = self.step_function().lower(state, args, np.int32(step), np.bool_(True))
+        options = xla_cpu_options(self.config) if self.strategy.devices[0].platform == "cpu" else {}
+        try:
+            compiled = lowered.compile(compiler_options=options or None)
+        except jax.errors.JaxRuntimeError as error:
+            if options and ("While setting option" in str(error) or "compile option" in str(error)):
+                raise ConfigError(f"config key 'train.xla_cpu_options': {str(error).splitlines()[0].rstrip('.')}; "
+                                  f"fix or drop that option") from None
+            raise
         return compiled, time.perf_counter() - start
 
 
