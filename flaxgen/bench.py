@@ -409,12 +409,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     batches_of = {model: [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else MODELS[model][1]
                   for model in models}
     # every case's config and batch split checked before anything compiles
-    from flaxgen.training.loop import split_batch
+    from flaxgen.training.loop import checked_plan
     for model in models:
         for strategy in strategies:
             for batch in batches_of[model]:
                 try:
-                    split_batch(case_config(model, batch, strategy, args.devices, dtype, args.overrides))
+                    checked_plan(case_config(model, batch, strategy, args.devices, dtype, args.overrides))
                 except ConfigError as error:
                     raise ConfigError(f"bench case {model} batch {batch} ({strategy}): {error}") from None
     dtypes = [dtype]

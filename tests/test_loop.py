@@ -197,9 +197,12 @@ def test_xla_cpu_options_reach_the_compiler_and_a_bad_one_names_the_key(data_dir
     assert '"__ynn_fusion"' in compiled_text([])
     # an empty fusion-type list turns YNNPACK off: none of its fusions may be left
     assert '"__ynn_fusion"' not in compiled_text(["xla_cpu_experimental_ynn_fusion_type="])
-    with pytest.raises(ConfigError, match=r"^config key 'train.xla_cpu_options': .*xla_cpu_no_such_option.*; "
-                                          r"fix or drop that option$"):
-        compiled_text(["xla_cpu_no_such_option=1"])
+    for bad, named in (("xla_cpu_no_such_option=1", "xla_cpu_no_such_option"),
+                       ("xla_cpu_enable_fast_math=maybe", "maybe")):
+        # refused by Experiment.build, before the data loads and anything of the model compiles
+        with pytest.raises(ConfigError, match=rf"^config key 'train.xla_cpu_options': .*{named}.*; "
+                                              r"fix or drop that option$"):
+            Experiment.build(tiny_config("autoencoder", train={"xla_cpu_options": [bad]}))
 
 
 def test_gradient_accumulation_matches_the_big_batch(tmp_path, data_dir):

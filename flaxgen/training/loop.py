@@ -2,6 +2,7 @@
 contract (flaxgen.data.DataSource), never which model it is training."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -38,6 +39,15 @@ def split_batch(config: Config) -> tuple[parallel.Strategy, Config]:
     return strategy, config
 
 
+def checked_plan(config: Config) -> tuple[parallel.Strategy, Config]:
+    """`split_batch`, then the CPU compiler options tried on a one-op program: everything in the
+    config that XLA would refuse, found before the data loads and the model compiles."""
+    strategy, config = split_batch(config)
+    if strategy.devices[0].platform == "cpu":
+        _check_compiler_options(xla_cpu_options(config))
+    return strategy, config
+
+
 def run_config(config: Config, per_device: int, platform: str) -> Config:
     """A copy of `config` with each optimizer section's `cpu_micro_batch` turned into its
     accum_steps: on a CPU, a per-device batch larger than it runs as micro-batches of that size
@@ -69,7 +79,7 @@ class Experiment:
     @classmethod
     def build(cls, config: Config, data_metadata: dict | None = None) -> "Experiment":
         """`data_metadata` (a workdir's data.json) builds the model without its dataset."""
-        strategy, config = split_batch(config)
+        strategy, config = checked_plan(config)
         source = make_source(config, data_metadata)
         family = make_family(config, source.info)
         return cls(config, source, family, strategy)
@@ -107,14 +117,30 @@ class Experiment:
         start = time.perf_counter()
         lowered = self.step_function().lower(state, args, np.int32(step), np.bool_(True))
         options = xla_cpu_options(self.config) if self.strategy.devices[0].platform == "cpu" else {}
-        try:
+        with _options_named_in_errors(options):
             compiled = lowered.compile(compiler_options=options or None)
-        except jax.errors.JaxRuntimeError as error:
-            if options and ("While setting option" in str(error) or "compile option" in str(error)):
-                raise ConfigError(f"config key 'train.xla_cpu_options': {str(error).splitlines()[0].rstrip('.')}; "
-                                  f"fix or drop that option") from None
-            raise
         return compiled, time.perf_counter() - start
+
+
+
+@contextlib.contextmanager
+def _options_named_in_errors(options: dict):
+    """An option XLA refuses (unknown name, bad value) as a one-line ConfigError naming the key."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as error:
+        if options and ("While setting option" in str(error) or "compile option" in str(error)):
+            raise ConfigError(f"config key 'train.xla_cpu_options': {str(error).splitlines()[0].rstrip('.')}; "
+                              f"fix or drop that option") from None
+        raise
+
+
+def _check_compiler_options(options: dict) -> None:
+    """XLA checks option names and values only when it compiles: a one-op program finds a bad
+    one in milliseconds."""
+    if options:
+        with _options_named_in_errors(options):
+            jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=options)
 
 
 def reports_metrics(steps_done: int, config: Config) -> bool:
