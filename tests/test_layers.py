@@ -64,7 +64,7 @@ def test_auto_convolutions_are_the_matmul_forms_on_cpus_and_gpus(monkeypatch):
 
 @pytest.mark.usefixtures("full_float32_matmuls")
 @pytest.mark.parametrize("rows, inner, outer", [(300, 256, 32), (300, 32, 256), (1000, 32, 256), (64, 256, 32),
-                                               (128, 512, 2), (300, 256, 1)])
+                                               (128, 512, 2), (300, 256, 1), (400, 32, 9)])
 def test_matmul_is_x_at_w_in_value_gradients_forward_mode_and_second_order(rows, inner, outer):
     from flaxgen.models.layers import matmul
 
@@ -85,7 +85,7 @@ def test_matmul_is_x_at_w_in_value_gradients_forward_mode_and_second_order(rows,
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("rows, inner, outer", [(512, 256, 32), (384, 128, 512), (128, 512, 2)])
+@pytest.mark.parametrize("rows, inner, outer", [(512, 256, 32), (384, 128, 512), (128, 512, 2), (3136, 32, 16)])
 def test_matmuls_weight_gradient_is_a_plain_matmul_on_cpu_and_jaxs_dot_elsewhere(rows, inner, outer):
     from flaxgen.models.layers import matmul
 

@@ -26,9 +26,10 @@ def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
 
     XLA:CPU runs xᵀ @ g (a dot contracting dimension 0 of both operands) on Eigen, at ~55
     GFLOP/s for a conv's im2col. Written as a plain matmul it runs on YNNPACK instead:
-    - into a much narrower output (N <= K/4) from many rows (M >= 256: a conv's im2col, the GPT's
-      MLP down-projection) or into at most 16 columns (a VAE's latent heads): (gᵀ @ x)ᵀ with gᵀ
-      written out, 1.2-2x that op from many rows, 1.2-20x into 2-16 columns from 32-128 rows;
+    - into a much narrower output: N <= K/4 from many rows (M >= 256: a conv's im2col, the GPT's
+      MLP down-projection), or 2-16 columns at most half as wide as the input from any number
+      of rows (a VAE's latent heads, the taps of a transposed convolution into 1 channel):
+      (gᵀ @ x)ᵀ with gᵀ written out, 1.2-2x that op from many rows, 1.2-20x into 2-16 columns;
     - a few hundred rows into a wider output (256 <= M <= 512, N >= K: the GPT's other
       projections at its CPU micro-batch): xᵀ written out, then xᵀ @ g, 1.2-1.3x.
     A single output column (a critic's score) is a matrix-vector product, which jax's own rule
@@ -37,7 +38,7 @@ def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
     (M, K), N = x_MxK.shape, w_KxN.shape[1]
     if N == 1:
         return x_MxK @ w_KxN
-    if 4 * N <= K and (M >= 256 or N <= 16):
+    if (M >= 256 and 4 * N <= K) or (N <= 16 and 2 * N <= K):
         return _matmul(x_MxK, w_KxN, "transpose_gradient")
     if 256 <= M <= 512 and N >= K:
         return _matmul(x_MxK, w_KxN, "transpose_input")
