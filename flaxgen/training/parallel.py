@@ -52,10 +52,25 @@ def psum(tree):
     return jax.lax.psum(tree, axis[0])
 
 
+@contextlib.contextmanager
+def example_sharding_context(sharding):
+    previous = getattr(_context, "example_sharding", None)
+    _context.example_sharding = sharding
+    try:
+        yield
+    finally:
+        _context.example_sharding = previous
+
+
 def example_indices(local_batch: int) -> jax.Array:
-    """Global indices of this replica's examples within the global batch."""
+    """Global indices of this replica's examples within the global batch. Under a mesh they are
+    sharded like the batch, and so is all that is drawn from them (GAN latents, VAE noise):
+    otherwise XLA may compute a generator's whole batch on every device."""
     axis = current_axis()
     offsets = jnp.arange(local_batch, dtype=jnp.uint32)
+    sharding = getattr(_context, "example_sharding", None)
+    if sharding is not None:
+        offsets = jax.lax.with_sharding_constraint(offsets, sharding)
     if axis is None:
         return offsets
     return jax.lax.axis_index(axis[0]).astype(jnp.uint32) * local_batch + offsets
@@ -154,7 +169,11 @@ class MeshStrategy(Strategy):
         return jax.lax.with_sharding_constraint(batch, self.batch_sharding)
 
     def wrap(self, fn, donate_state=True):
-        return jax.jit(fn, out_shardings=self.replicated,
+        def traced(*args):
+            with example_sharding_context(self.batch_sharding):
+                return fn(*args)
+
+        return jax.jit(traced, out_shardings=self.replicated,
                        donate_argnums=(0,) if donate_state else ())
 
 
