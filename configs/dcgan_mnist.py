@@ -9,7 +9,8 @@ def get_config():
         "data": {"name": "mnist", "batch_size": 64, "eval_batch_size": 500},
         "optim": {"name": "adam", "lr": 2e-4, "b1": 0.5, "b2": 0.999},
         "optim_d": {"lr": 2e-4, "b1": 0.5, "b2": 0.999},
-        # on CPUs, YNNPACK for the matmuls only: ~1.04x faster steps (benchmarks/README.md, item 15)
+        # on CPUs, YNNPACK for the matmuls only: ~1.04x faster steps (benchmarks/README.md, item 15);
+        # drop it if you split the batch (optim.cpu_micro_batch=32 with it: 0.43x)
         "train": {"steps": 12_000,   # ~15 CPU-minutes on 2 cores
                   "xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"]},
         "eval": {"every": 4_000, "batches": 2},
