@@ -166,7 +166,7 @@ class Discriminator(nn.Module):
         return self.net(x)[:, 0]
 
 
-def dcgan_step(batch, device, compile_mode, latent=64, r1_gamma=1.0, dtype=torch.float32):
+def dcgan_step(batch, device, compile_mode, micro_batches=1, latent=64, r1_gamma=1.0, dtype=torch.float32):
     g, d = Generator(latent).to(device), Discriminator().to(device)
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
@@ -177,29 +177,33 @@ def dcgan_step(batch, device, compile_mode, latent=64, r1_gamma=1.0, dtype=torch
 
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
+    part = batch // micro_batches
+
     def step():
-        real = data[torch.randint(0, data.shape[0], (batch,), device=device, generator=generator)]
-        real.requires_grad_(True)
-        with autocast():
-            fake = g_fwd(torch.randn(batch, latent, device=device)).detach()
-            real_logits, fake_logits = d_fwd(real).float(), d_fwd(fake).float()
-        loss_d = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-        loss_d = loss_d + 0.5 * r1_gamma * grad.pow(2).flatten(1).sum(1).mean()
+        # each player's gradient summed over the micro-batches, as in our step
+        reals = data[torch.randint(0, data.shape[0], (batch,), device=device, generator=generator)]
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        for real in reals.chunk(micro_batches):
+            real.requires_grad_(True)
+            with autocast():
+                fake = g_fwd(torch.randn(part, latent, device=device)).detach()
+                real_logits, fake_logits = d_fwd(real).float(), d_fwd(fake).float()
+            loss_d = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+            (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+            loss_d = loss_d + 0.5 * r1_gamma * grad.pow(2).flatten(1).sum(1).mean()
+            (loss_d / micro_batches).backward()
         opt_d.step()
-        with autocast():
-            fake_logits = d_fwd(g_fwd(torch.randn(batch, latent, device=device))).float()
-        loss_g = F.softplus(-fake_logits).mean()
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        for _ in range(micro_batches):
+            with autocast():
+                fake_logits = d_fwd(g_fwd(torch.randn(part, latent, device=device))).float()
+            (F.softplus(-fake_logits).mean() / micro_batches).backward()
         opt_g.step()
     return step
 
 
 STEPS = {"gpt_cpu": gpt_step, "conv_vae": conv_vae_step, "dcgan": dcgan_step}
-MICRO_BATCHED = ("gpt_cpu", "conv_vae")
+MICRO_BATCHED = ("gpt_cpu", "conv_vae", "dcgan")
 
 
 def make(model: str, batch: int, dtype: str = "float32", micro_batches: int = 1):
