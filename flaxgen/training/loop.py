@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import time
@@ -43,9 +44,13 @@ def checked_plan(config: Config) -> tuple[parallel.Strategy, Config]:
     """`split_batch`, then the CPU compiler options tried on a one-op program: everything in the
     config that XLA would refuse, found before the data loads and the model compiles."""
     strategy, config = split_batch(config)
-    if strategy.devices[0].platform == "cpu":
-        _check_compiler_options(xla_cpu_options(config))
+    _check_compiler_options(tuple(_compiler_options(strategy, config).items()))
     return strategy, config
+
+
+def _compiler_options(strategy: parallel.Strategy, config: Config) -> dict[str, str]:
+    """The train step's compiler options: `train.xla_cpu_options` on CPUs, none elsewhere."""
+    return xla_cpu_options(config) if strategy.devices[0].platform == "cpu" else {}
 
 
 def run_config(config: Config, per_device: int, platform: str) -> Config:
@@ -116,11 +121,10 @@ class Experiment:
         """The step compiled ahead of time for these placed inputs, and the seconds it took."""
         start = time.perf_counter()
         lowered = self.step_function().lower(state, args, np.int32(step), np.bool_(True))
-        options = xla_cpu_options(self.config) if self.strategy.devices[0].platform == "cpu" else {}
+        options = _compiler_options(self.strategy, self.config)
         with _options_named_in_errors(options):
             compiled = lowered.compile(compiler_options=options or None)
         return compiled, time.perf_counter() - start
-
 
 
 @contextlib.contextmanager
@@ -135,12 +139,13 @@ def _options_named_in_errors(options: dict):
         raise
 
 
-def _check_compiler_options(options: dict) -> None:
+@functools.lru_cache(maxsize=None)
+def _check_compiler_options(options: tuple[tuple[str, str], ...]) -> None:
     """XLA checks option names and values only when it compiles: a one-op program finds a bad
-    one in milliseconds."""
+    one in milliseconds, once per set of options (the bench checks every case, then builds it)."""
     if options:
-        with _options_named_in_errors(options):
-            jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=options)
+        with _options_named_in_errors(dict(options)):
+            jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=dict(options))
 
 
 def reports_metrics(steps_done: int, config: Config) -> bool:

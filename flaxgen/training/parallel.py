@@ -24,13 +24,18 @@ AXIS = "data"
 
 
 @contextlib.contextmanager
-def axis_context(axis_name: str, axis_size: int):
-    previous = getattr(_context, "axis", None)
-    _context.axis = (axis_name, axis_size)
+def _tracing_context(name: str, value):
+    """`_context.<name>` is `value` while a strategy traces its step."""
+    previous = getattr(_context, name, None)
+    setattr(_context, name, value)
     try:
         yield
     finally:
-        _context.axis = previous
+        setattr(_context, name, previous)
+
+
+def axis_context(axis_name: str, axis_size: int):
+    return _tracing_context("axis", (axis_name, axis_size))
 
 
 def current_axis():
@@ -50,16 +55,6 @@ def psum(tree):
     if axis is None:
         return tree
     return jax.lax.psum(tree, axis[0])
-
-
-@contextlib.contextmanager
-def example_sharding_context(sharding):
-    previous = getattr(_context, "example_sharding", None)
-    _context.example_sharding = sharding
-    try:
-        yield
-    finally:
-        _context.example_sharding = previous
 
 
 def example_indices(local_batch: int) -> jax.Array:
@@ -170,7 +165,7 @@ class MeshStrategy(Strategy):
 
     def wrap(self, fn, donate_state=True):
         def traced(*args):
-            with example_sharding_context(self.batch_sharding):
+            with _tracing_context("example_sharding", self.batch_sharding):
                 return fn(*args)
 
         return jax.jit(traced, out_shardings=self.replicated,
