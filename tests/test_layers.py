@@ -4,12 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxgen.models.layers import Conv2D
+from flaxgen.models.layers import Conv2D, conv_gemm
 
 
 @pytest.mark.usefixtures("full_float32_matmuls")
 @pytest.mark.parametrize("size, cin, cout, kernel, stride", [
     (7, 64, 64, 3, 2), (14, 8, 4, 3, 2), (28, 4, 1, 3, 1), (5, 3, 4, 4, 2), (6, 3, 2, 5, 2), (9, 2, 3, 3, 3),
+    (28, 1, 8, 4, 2), (7, 1, 3, 3, 2), (8, 2, 3, 1, 2), (10, 1, 2, 2, 3),
 ])
 @pytest.mark.parametrize("implementation", ["gemm", "xla"])
 def test_conv_layers_compute_flax_functions_and_gradients(size, cin, cout, kernel, stride, implementation):
@@ -28,6 +29,16 @@ def test_conv_layers_compute_flax_functions_and_gradients(size, cin, cout, kerne
         grads_expected, grads_got = loss(reference)(params, x), loss(ours)(params, x)
         for a, b in zip(jax.tree.leaves(grads_expected), jax.tree.leaves(grads_got)):
             np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cin, strided_slices", [(1, 0), (7, 0), (8, 16)])
+def test_the_im2col_of_few_channels_takes_unit_stride_slices_of_space_to_depth_blocks(cin, strided_slices):
+    x, kernel = jnp.ones((2, 14, 14, cin)), jnp.ones((4, 4, cin, 8))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(conv_gemm(x, kernel, 2))))(x)
+    slices = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "slice"]
+    assert len([e for e in slices if e.params["strides"] and max(e.params["strides"]) > 1]) == strided_slices
+    # space to depth: 4 slices of the blocks (and 4 of the kernel's rows); else one per tap
+    assert len(slices) == (8 if strided_slices == 0 else 16)
 
 
 @pytest.mark.parametrize("implementation", ["gemm", "xla"])

@@ -129,20 +129,48 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
 
 
 def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """== lax.conv_general_dilated(x, kernel, (s, s), 'SAME'): the taps' strided slices side by
-    side (im2col), then one matmul."""
+    """== lax.conv_general_dilated(x, kernel, (s, s), 'SAME'): the taps' slices side by side
+    (im2col), then one matmul."""
     n, h, w, cin = x.shape
     kh, kw, _, cout = kernel.shape
     out_h, out_w = -(-h // stride), -(-w // stride)
     pad_h = max((out_h - 1) * stride + kh - h, 0)
     pad_w = max((out_w - 1) * stride + kw - w, 0)
-    x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
-    patches = jnp.concatenate([x[:, ty:ty + span_h:stride, tx:tx + span_w:stride, :]
-                               for ty in range(kh) for tx in range(kw)], 3)  # (n, oh, ow, taps*cin)
+    if stride > 1 and cin < 8:
+        patches, kernel_rows = _space_to_depth_im2col(x, kernel, stride, (out_h, out_w), (pad_h // 2, pad_w // 2))
+    else:
+        x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+        span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+        patches = jnp.concatenate([x[:, ty:ty + span_h:stride, tx:tx + span_w:stride, :]
+                                   for ty in range(kh) for tx in range(kw)], 3)  # (n, oh, ow, taps*cin)
+        kernel_rows = kernel.reshape(kh * kw * cin, cout)
     # 2-D matmul: XLA:CPU is slow on multi-axis contractions
-    out = matmul(patches.reshape(n * out_h * out_w, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
+    out = matmul(patches.reshape(n * out_h * out_w, -1), kernel_rows)
     return out.reshape(n, out_h, out_w, cout)
+
+
+def _space_to_depth_im2col(x, kernel, stride, out_hw, pad_low):
+    """conv_gemm's patches for inputs of few channels, and the kernel's rows in their order.
+
+    A strided slice per tap copies runs of `cin` floats, and XLA:CPU's loops are 8 lanes wide:
+    a 1-channel image's 16 taps crawl. Space-to-depth first (each s x s block's pixels side by
+    side), and the taps come as ceil(k/s)^2 unit-stride slices of s*s*cin-float runs."""
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    (out_h, out_w), s = out_hw, stride
+    blocks_h, blocks_w = out_h - 1 + -(-kh // s), out_w - 1 + -(-kw // s)
+    x = jnp.pad(x, ((0, 0), (pad_low[0], blocks_h * s - h - pad_low[0]),
+                    (pad_low[1], blocks_w * s - w - pad_low[1]), (0, 0)))
+    x_blocks = x.reshape(n, blocks_h, s, blocks_w, s, cin).transpose(0, 1, 3, 2, 4, 5)
+    pieces, kernel_rows = [], []
+    for a in range(-(-kh // s)):
+        rows = min(s, kh - a * s)       # the taps a*s .. a*s + rows - 1 of the kernel's height
+        for b in range(-(-kw // s)):
+            cols = min(s, kw - b * s)
+            piece = x_blocks[:, a:a + out_h, b:b + out_w, :rows, :cols, :]
+            pieces.append(piece.reshape(n, out_h, out_w, rows * cols * cin))
+            kernel_rows.append(kernel[a * s:a * s + rows, b * s:b * s + cols].reshape(rows * cols * cin, cout))
+    return jnp.concatenate(pieces, 3), jnp.concatenate(kernel_rows, 0)
 
 
 CONV_IMPLEMENTATIONS = ("auto", "gemm", "xla")
