@@ -4,13 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxgen.models.layers import Conv2D, conv_gemm
+from flaxgen.models.layers import Conv2D, conv_gemm, conv_transpose_gemm
 
 
 @pytest.mark.usefixtures("full_float32_matmuls")
 @pytest.mark.parametrize("size, cin, cout, kernel, stride", [
     (7, 64, 64, 3, 2), (14, 8, 4, 3, 2), (28, 4, 1, 3, 1), (5, 3, 4, 4, 2), (6, 3, 2, 5, 2), (9, 2, 3, 3, 3),
-    (28, 1, 8, 4, 2), (7, 1, 3, 3, 2), (8, 2, 3, 1, 2), (10, 1, 2, 2, 3),
+    (28, 1, 8, 4, 2), (7, 1, 3, 3, 2), (8, 2, 3, 1, 2), (10, 1, 2, 2, 3), (6, 5, 7, 3, 1), (5, 3, 8, 2, 1),
 ])
 @pytest.mark.parametrize("implementation", ["gemm", "xla"])
 def test_conv_layers_compute_flax_functions_and_gradients(size, cin, cout, kernel, stride, implementation):
@@ -39,6 +39,15 @@ def test_the_im2col_of_few_channels_takes_unit_stride_slices_of_space_to_depth_b
     assert len([e for e in slices if e.params["strides"] and max(e.params["strides"]) > 1]) == strided_slices
     # space to depth: 4 slices of the blocks (and 4 of the kernel's rows); else one per tap
     assert len(slices) == (8 if strided_slices == 0 else 16)
+
+
+@pytest.mark.parametrize("cout, tap_rows", [(1, True), (7, True), (8, False)])
+def test_transposed_convolutions_into_few_channels_compute_their_taps_channel_major(cout, tap_rows):
+    x, kernel = jnp.ones((2, 14, 14, 32)), jnp.ones((3, 3, 32, cout))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(conv_transpose_gemm(x, kernel, 2))))(x)
+    forward = [e.outvars[0].aval.shape for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"][0]
+    # one product for all taps: (taps x channels) rows of pixels, or a pixel's taps side by side
+    assert forward == ((9 * cout, 2 * 14 * 14) if tap_rows else (2 * 14 * 14, 9 * cout))
 
 
 @pytest.mark.parametrize("implementation", ["gemm", "xla"])

@@ -107,6 +107,8 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
     each tap's product is added into its output phase at its offset (col2im)."""
     n, h, w, cin = x.shape
     kh, kw, _, cout = kernel.shape
+    if cout < 8:
+        return _few_channel_conv_transpose(x, kernel, stride)
     pad_h = _transpose_same_padding(kh, stride)[0]
     pad_w = _transpose_same_padding(kw, stride)[0]
     # One 2-D matmul for all taps (XLA:CPU is slow on multi-axis contractions).
@@ -126,6 +128,41 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
     stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], 3)
                          for ry in range(stride)], 3)            # (n, h, w, ry, rx, cout)
     return stacked.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * stride, w * stride, cout)
+
+
+def _few_channel_conv_transpose(x, kernel, stride):
+    """conv_transpose_gemm for outputs of few channels (an image's last layer), channel-major.
+
+    Pixel-major, each tap's product is a column a few floats wide, and the col2im's shifted adds
+    run over it at one float a step (item 8's 8-lane loops). Here the taps come out as rows,
+    kernel @ xᵀ, so every shift and add walks whole image rows; the transposes fold into the dots."""
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    pad_h = _transpose_same_padding(kh, stride)[0]
+    pad_w = _transpose_same_padding(kw, stride)[0]
+    rows = kernel.transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
+    taps = (rows @ x.reshape(n * h * w, cin).T).reshape(kh * kw, cout, n, h, w)
+    taps = [t[0] for t in jnp.split(taps, kh * kw, axis=0)]     # split: see conv_transpose_gemm
+    phases = {}
+    for ty in range(kh):
+        qy, ry = divmod(pad_h - ty, stride)
+        for tx in range(kw):
+            qx, rx = divmod(pad_w - tx, stride)
+            contribution = _shift_rows(taps[ty * kw + tx], qy, qx)
+            phases[ry, rx] = phases[ry, rx] + contribution if (ry, rx) in phases else contribution
+    zero = jnp.zeros((cout, n, h, w), x.dtype)
+    stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], -1)
+                         for ry in range(stride)], 3)            # (cout, n, h, ry, w, rx)
+    return stacked.reshape(cout, n, h * stride, w * stride).transpose(1, 2, 3, 0)
+
+
+def _shift_rows(x: jax.Array, offset_h: int, offset_w: int) -> jax.Array:
+    """_shift over the last two axes: y[..., i, j] = x[..., i - offset_h, j - offset_w]."""
+    h, w = x.shape[-2:]
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(max(offset_h, 0), max(-offset_h, 0)),
+                                              (max(offset_w, 0), max(-offset_w, 0))])
+    top, left = max(-offset_h, 0), max(-offset_w, 0)
+    return x[..., top:top + h, left:left + w]
 
 
 def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
