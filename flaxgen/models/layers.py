@@ -93,13 +93,27 @@ def _transpose_same_padding(kernel: int, stride: int) -> tuple[int, int]:
     return pad_low, pad_len - pad_low
 
 
-def _shift(x: jax.Array, offset_h: int, offset_w: int) -> jax.Array:
-    """y[i, j] = x[i - offset_h, j - offset_w], zero outside (offsets in axes 1 and 2)."""
-    _, h, w, _ = x.shape
-    x = jnp.pad(x, ((0, 0), (max(offset_h, 0), max(-offset_h, 0)),
-                    (max(offset_w, 0), max(-offset_w, 0)), (0, 0)))
-    top, left = max(-offset_h, 0), max(-offset_w, 0)
-    return x[:, top:top + h, left:left + w, :]
+def _shift(x: jax.Array, offset_h: int, offset_w: int, axes: tuple[int, int] = (1, 2)) -> jax.Array:
+    """y[i, j] = x[i - offset_h, j - offset_w] over the two spatial `axes`, zero outside."""
+    pads, cuts = [(0, 0)] * x.ndim, [slice(None)] * x.ndim
+    for axis, offset in zip(axes, (offset_h, offset_w)):
+        pads[axis] = (max(offset, 0), max(-offset, 0))
+        cuts[axis] = slice(max(-offset, 0), max(-offset, 0) + x.shape[axis])
+    return jnp.pad(x, pads)[tuple(cuts)]
+
+
+def _output_phases(taps: list, kernel_hw: tuple[int, int], stride: int, axes: tuple[int, int]) -> dict:
+    """col2im: {(ry, rx): sum of the taps' products that land in that output phase, each at its
+    offset}, for lax.conv_transpose's 'SAME' padding; the spatial axes of the taps are `axes`."""
+    (kh, kw), phases = kernel_hw, {}
+    pad_h, pad_w = _transpose_same_padding(kh, stride)[0], _transpose_same_padding(kw, stride)[0]
+    for ty in range(kh):
+        qy, ry = divmod(pad_h - ty, stride)
+        for tx in range(kw):
+            qx, rx = divmod(pad_w - tx, stride)
+            contribution = _shift(taps[ty * kw + tx], qy, qx, axes)
+            phases[ry, rx] = phases[ry, rx] + contribution if (ry, rx) in phases else contribution
+    return phases
 
 
 def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -109,21 +123,13 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
     kh, kw, _, cout = kernel.shape
     if cout < 8:
         return _few_channel_conv_transpose(x, kernel, stride)
-    pad_h = _transpose_same_padding(kh, stride)[0]
-    pad_w = _transpose_same_padding(kw, stride)[0]
     # One 2-D matmul for all taps (XLA:CPU is slow on multi-axis contractions).
     wide = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
     taps = matmul(x.reshape(n * h * w, cin), wide).reshape(n, h, w, kh * kw, cout)
     # split, not per-tap indexing: the gradient of a split is one concatenate, while each
     # index's gradient is a zero-padded copy of the whole tap array (taps^2 memory traffic).
     taps = [t[:, :, :, 0, :] for t in jnp.split(taps, kh * kw, axis=3)]
-    phases = {}
-    for ty in range(kh):
-        qy, ry = divmod(pad_h - ty, stride)
-        for tx in range(kw):
-            qx, rx = divmod(pad_w - tx, stride)
-            contribution = _shift(taps[ty * kw + tx], qy, qx)
-            phases[ry, rx] = phases[ry, rx] + contribution if (ry, rx) in phases else contribution
+    phases = _output_phases(taps, (kh, kw), stride, axes=(1, 2))
     zero = jnp.zeros((n, h, w, cout), x.dtype)
     stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], 3)
                          for ry in range(stride)], 3)            # (n, h, w, ry, rx, cout)
@@ -138,31 +144,14 @@ def _few_channel_conv_transpose(x, kernel, stride):
     kernel @ xᵀ, so every shift and add walks whole image rows; the transposes fold into the dots."""
     n, h, w, cin = x.shape
     kh, kw, _, cout = kernel.shape
-    pad_h = _transpose_same_padding(kh, stride)[0]
-    pad_w = _transpose_same_padding(kw, stride)[0]
     rows = kernel.transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
     taps = (rows @ x.reshape(n * h * w, cin).T).reshape(kh * kw, cout, n, h, w)
     taps = [t[0] for t in jnp.split(taps, kh * kw, axis=0)]     # split: see conv_transpose_gemm
-    phases = {}
-    for ty in range(kh):
-        qy, ry = divmod(pad_h - ty, stride)
-        for tx in range(kw):
-            qx, rx = divmod(pad_w - tx, stride)
-            contribution = _shift_rows(taps[ty * kw + tx], qy, qx)
-            phases[ry, rx] = phases[ry, rx] + contribution if (ry, rx) in phases else contribution
+    phases = _output_phases(taps, (kh, kw), stride, axes=(2, 3))
     zero = jnp.zeros((cout, n, h, w), x.dtype)
     stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], -1)
                          for ry in range(stride)], 3)            # (cout, n, h, ry, w, rx)
     return stacked.reshape(cout, n, h * stride, w * stride).transpose(1, 2, 3, 0)
-
-
-def _shift_rows(x: jax.Array, offset_h: int, offset_w: int) -> jax.Array:
-    """_shift over the last two axes: y[..., i, j] = x[..., i - offset_h, j - offset_w]."""
-    h, w = x.shape[-2:]
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(max(offset_h, 0), max(-offset_h, 0)),
-                                              (max(offset_w, 0), max(-offset_w, 0))])
-    top, left = max(-offset_h, 0), max(-offset_w, 0)
-    return x[..., top:top + h, left:left + w]
 
 
 def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
