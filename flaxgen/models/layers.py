@@ -116,6 +116,14 @@ def _output_phases(taps: list, kernel_hw: tuple[int, int], stride: int, axes: tu
     return phases
 
 
+def _stack_phases(phases: dict, stride: int, rx_axis: int, ry_axis: int) -> jax.Array:
+    """The stride x stride output phases stacked on two new axes (rx's inside ry's), zeros for
+    a phase no tap reaches (a stride larger than the kernel)."""
+    zero = jnp.zeros_like(next(iter(phases.values())))
+    return jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], rx_axis)
+                      for ry in range(stride)], ry_axis)
+
+
 def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """== lax.conv_transpose(x, kernel, (s, s), 'SAME'): x @ kernel for every tap at once, then
     each tap's product is added into its output phase at its offset (col2im)."""
@@ -130,9 +138,7 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
     # index's gradient is a zero-padded copy of the whole tap array (taps^2 memory traffic).
     taps = [t[:, :, :, 0, :] for t in jnp.split(taps, kh * kw, axis=3)]
     phases = _output_phases(taps, (kh, kw), stride, axes=(1, 2))
-    zero = jnp.zeros((n, h, w, cout), x.dtype)
-    stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], 3)
-                         for ry in range(stride)], 3)            # (n, h, w, ry, rx, cout)
+    stacked = _stack_phases(phases, stride, rx_axis=3, ry_axis=3)    # (n, h, w, ry, rx, cout)
     return stacked.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * stride, w * stride, cout)
 
 
@@ -148,9 +154,7 @@ def _few_channel_conv_transpose(x, kernel, stride):
     taps = (rows @ x.reshape(n * h * w, cin).T).reshape(kh * kw, cout, n, h, w)
     taps = [t[0] for t in jnp.split(taps, kh * kw, axis=0)]     # split: see conv_transpose_gemm
     phases = _output_phases(taps, (kh, kw), stride, axes=(2, 3))
-    zero = jnp.zeros((cout, n, h, w), x.dtype)
-    stacked = jnp.stack([jnp.stack([phases.get((ry, rx), zero) for rx in range(stride)], -1)
-                         for ry in range(stride)], 3)            # (cout, n, h, ry, w, rx)
+    stacked = _stack_phases(phases, stride, rx_axis=-1, ry_axis=3)   # (cout, n, h, ry, w, rx)
     return stacked.reshape(cout, n, h * stride, w * stride).transpose(1, 2, 3, 0)
 
 
