@@ -490,10 +490,11 @@ def _peers_for(model, batch, dtype, micro_batches: int = 1) -> list:
 
 
 class PipedPeer:
-    """A peer in a process of its own, for frameworks with process-wide state (Keras fixes its
-    backend at import). The worker prints 'ready NAME' once built and compiled, then answers each
-    line N on its stdin with the seconds per step of N more steps. Calling it runs N steps, so it
-    stands wherever an in-process peer's run(steps) does."""
+    """A peer in a process of its own, as its users run it: no peer shares our process's thread
+    pools and libraries, and Keras can fix its backend at import. The worker
+    (benchmarks/peers/worker.py) prints 'ready NAME' once built and compiled, then answers each
+    line N on its stdin with the seconds per step of N more steps. Calling it runs N steps, like
+    the run(steps) of our own case."""
 
     def __init__(self, command: list[str], env: dict | None = None):
         self._command = command

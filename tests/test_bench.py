@@ -154,6 +154,20 @@ def test_piped_peer_runs_steps_in_its_worker_and_says_why_a_worker_failed(tmp_pa
         bench.PipedPeer(_worker(tmp_path, "print('hello', flush=True)\nsys.stdin.read()\n"))
 
 
+def test_each_pytorch_variant_is_a_worker_and_a_wrong_one_is_named_before_torch_loads():
+    from benchmarks.peers import torch_peers
+
+    assert torch_peers.variants("gpt_cpu", 1, cuda=False) == ["eager", "compile"]
+    assert torch_peers.variants("gpt_cpu", 2, cuda=False) == ["eager", "compile", "eager split"]
+    assert torch_peers.variants("dcgan", 1, cuda=True) == ["eager", "compile", "compile+cudagraphs"]
+    assert torch_peers.variants("vae", 2, cuda=True) == []
+    assert set(torch_peers.variants("conv_vae", 4, cuda=True)) == set(torch_peers.VARIANTS)
+    command = [sys.executable, "-m", "benchmarks.peers.torch_peers", "gpt_cpu", "12", "float32", "1", "eagre"]
+    with pytest.raises(RuntimeError, match="exited with 1: no PyTorch peer 'gpt_cpu' 'eagre'.*the variants eager, "):
+        bench.PipedPeer(command)
+    assert "torch" not in sys.modules   # the parent side never imports torch
+
+
 def test_peer_rounds_alternate_which_side_runs_first():
     calls = []
     ours = lambda steps: calls.append(("ours", steps)) or 1.0

@@ -201,9 +201,9 @@ def _gan_run(keras, pixels, batch, latent: int = 100):
 
 
 def _worker(model: str, batch: int) -> None:
-    """Serve PipedPeer: say 'ready NAME', then answer each line N with seconds per step of N steps."""
-    channel = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)   # stray prints from the frameworks must not reach the protocol
+    from benchmarks.peers.worker import protocol_channel, serve
+
+    channel = protocol_channel()
     os.environ.setdefault("KERAS_BACKEND", BACKENDS[model])
     import keras
 
@@ -220,11 +220,7 @@ def _worker(model: str, batch: int) -> None:
         run = _fit_clock(keras, {"autoencoder": _autoencoder, "vae": _vae}[model](keras), pixels, batch)
     run(2)  # compile
     how = "fit" if model != "gan" else "train_on_batch"
-    channel.write(f"ready keras {keras.__version__} ({keras.backend.backend()}) {how}\n")
-    channel.flush()
-    for line in sys.stdin:
-        channel.write(f"{run(int(line))!r}\n")
-        channel.flush()
+    serve(channel, f"keras {keras.__version__} ({keras.backend.backend()}) {how}", run)
 
 
 if __name__ == "__main__":
