@@ -42,16 +42,18 @@ class Checkpointer:
         path = self.directory / str(step)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                   meta=ocp.args.JsonRestore())
+        # Compare the stored tree first: a restore that fails part-way leaves orbax's reads of the
+        # other arrays un-awaited, and a tree that differs is not a damaged file.
+        difference = state_difference(path / "state", abstract_state)
+        if difference:
+            # every checkpoint of the run differs alike: an older one will not help
+            raise CheckpointError(
+                f"checkpoint {path} holds {difference}; it "
+                f"was written by another config or flaxgen version: resume with that one, or "
+                f"train in a fresh --workdir")
         try:
             restored = self.manager.restore(step, args=args)
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            difference = state_difference(path / "state", abstract_state)
-            if difference:
-                # every checkpoint of the run differs alike: an older one will not help
-                raise CheckpointError(
-                    f"checkpoint {path} holds {difference}; it "
-                    f"was written by another config or flaxgen version: resume with that one, or "
-                    f"train in a fresh --workdir") from None
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointError(
                 f"checkpoint {path} cannot be restored ({type(error).__name__}: {message[:200]}); "
