@@ -162,9 +162,11 @@ def test_each_pytorch_variant_is_a_worker_and_a_wrong_one_is_named_before_torch_
     assert torch_peers.variants("dcgan", 1, cuda=True) == ["eager", "compile", "compile+cudagraphs"]
     assert torch_peers.variants("vae", 2, cuda=True) == []
     assert set(torch_peers.variants("conv_vae", 4, cuda=True)) == set(torch_peers.VARIANTS)
-    command = [sys.executable, "-m", "benchmarks.peers.torch_peers", "gpt_cpu", "12", "float32", "1", "eagre"]
-    with pytest.raises(RuntimeError, match="exited with 1: no PyTorch peer 'gpt_cpu' 'eagre'.*the variants eager, "):
-        bench.PipedPeer(command)
+    worker = [sys.executable, "-m", "benchmarks.peers.torch_peers", "gpt_cpu", "12", "float32", "1"]
+    with pytest.raises(RuntimeError, match="exited with 1: no PyTorch peer 'gpt_cpu' 'eagre' on 'cpu'.*the variants eager, "):
+        bench.PipedPeer(worker + ["eagre", "cpu"])
+    with pytest.raises(RuntimeError, match="exited with 1: .*'compile\\+cudagraphs' needs device cuda"):
+        bench.PipedPeer(worker + ["compile+cudagraphs", "cpu"])
     assert "torch" not in sys.modules   # the parent side never imports torch
 
 

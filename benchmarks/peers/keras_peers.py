@@ -31,7 +31,10 @@ def make(model: str, batch: int, dtype: str = "float32", micro_batches: int = 1)
             raise ImportError(f"the Keras peer of {model} needs {module} (pip install 'flaxgen[peers]')")
     from flaxgen.bench import PipedPeer
 
-    env = dict(os.environ, KERAS_BACKEND=BACKENDS[model], TF_CPP_MIN_LOG_LEVEL="3")
+    # on a GPU our process already holds most of its memory: the worker's jax and TensorFlow
+    # must allocate as they go instead of claiming a share up front
+    env = dict(os.environ, KERAS_BACKEND=BACKENDS[model], TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")
     peer = PipedPeer([sys.executable, "-m", "benchmarks.peers.keras_peers", model, str(batch)], env=env)
     return [(peer.name, peer)]
 

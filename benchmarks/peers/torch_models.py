@@ -208,14 +208,15 @@ def dcgan_step(batch, device, compile_mode, micro_batches=1, latent=64, r1_gamma
 STEPS = {"gpt_cpu": gpt_step, "conv_vae": conv_vae_step, "dcgan": dcgan_step}
 
 
-def build(model: str, batch: int, dtype: str, micro_batches: int, variant: str):
-    """(name, run) for one variant, compiled and warmed up, so that a failure shows here.
-    Eager and torch.compile run the batch whole; "eager split" runs it as our step does, in
-    micro_batches parts. "compile+cudagraphs" (mode "reduce-overhead") removes the launch cost
-    that dominates these small steps on a GPU."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if variant == "compile+cudagraphs" and device.type != "cuda":
-        raise RuntimeError("CUDA graphs need a CUDA device, and torch sees none")
+def build(model: str, batch: int, dtype: str, micro_batches: int, variant: str, device_type: str):
+    """(name, run) for one variant on `device_type` ("cpu" or "cuda": where our step runs),
+    compiled and warmed up, so that a failure shows here. Eager and torch.compile run the batch
+    whole; "eager split" runs it as our step does, in micro_batches parts. "compile+cudagraphs"
+    (mode "reduce-overhead") removes the launch cost that dominates these small steps on a GPU."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"flaxgen runs on a GPU but torch {torch.__version__} sees no CUDA device "
+                           f"(a CPU build?): install a CUDA build of torch to compare on the GPU")
+    device = torch.device(device_type)
     torch.manual_seed(0)
     compile_mode, split = VARIANTS[variant]
     micro = micro_batches if split else 1

@@ -1,5 +1,5 @@
 """The PyTorch peers (models in `torch_models.py`), each variant trained in a worker process
-(`python -m benchmarks.peers.torch_peers MODEL BATCH DTYPE MICRO_BATCHES VARIANT`) that
+(`python -m benchmarks.peers.torch_peers MODEL BATCH DTYPE MICRO_BATCHES VARIANT DEVICE`) that
 `flaxgen bench` drives over a pipe, a repeat at a time, interleaved with ours. A torch user runs
 torch in a process of its own; inside ours, beside XLA's thread pool and libraries, it timed
 faster, for a reason not found (benchmarks/README.md, item 19)."""
@@ -35,9 +35,11 @@ def make(model: str, batch: int, dtype: str = "float32", micro_batches: int = 1)
     from flaxgen.bench import PipedPeer
 
     peers = []
-    for variant in variants(model, micro_batches, cuda=jax.default_backend() == "gpu"):
+    # torch on the device our step runs on: a GPU against torch on the host says nothing
+    device_type = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    for variant in variants(model, micro_batches, cuda=device_type == "cuda"):
         command = [sys.executable, "-m", "benchmarks.peers.torch_peers", model, str(batch), dtype,
-                   str(micro_batches), variant]
+                   str(micro_batches), variant, device_type]
         try:
             peer = PipedPeer(command)
         except RuntimeError as error:
@@ -47,17 +49,19 @@ def make(model: str, batch: int, dtype: str = "float32", micro_batches: int = 1)
     return peers
 
 
-def _worker(model: str, batch: int, dtype: str, micro_batches: int, variant: str) -> None:
+def _worker(model: str, batch: int, dtype: str, micro_batches: int, variant: str, device_type: str) -> None:
     from benchmarks.peers.worker import protocol_channel, serve
 
     channel = protocol_channel()
-    if model not in MODELS or variant not in VARIANTS:
-        sys.exit(f"no PyTorch peer {model!r} {variant!r}: the models are {', '.join(MODELS)}, "
-                 f"the variants {', '.join(VARIANTS)}")
+    if model not in MODELS or variant not in VARIANTS or device_type not in ("cpu", "cuda"):
+        sys.exit(f"no PyTorch peer {model!r} {variant!r} on {device_type!r}: the models are "
+                 f"{', '.join(MODELS)}, the variants {', '.join(VARIANTS)}, the devices cpu and cuda")
+    if variant == "compile+cudagraphs" and device_type != "cuda":
+        sys.exit("the PyTorch peer 'compile+cudagraphs' needs device cuda: CUDA graphs are CUDA's")
     try:
         from benchmarks.peers import torch_models
 
-        name, run = torch_models.build(model, batch, dtype, micro_batches, variant)
+        name, run = torch_models.build(model, batch, dtype, micro_batches, variant, device_type)
     except Exception as error:   # one line for PipedPeer's message, not a traceback
         sys.stderr.write(f"{type(error).__name__}: {str(error).splitlines()[0][:160]}\n")
         sys.exit(1)
@@ -65,5 +69,5 @@ def _worker(model: str, batch: int, dtype: str, micro_batches: int, variant: str
 
 
 if __name__ == "__main__":
-    model, batch, dtype, micro_batches, variant = sys.argv[1:6]
-    _worker(model, int(batch), dtype, int(micro_batches), variant)
+    model, batch, dtype, micro_batches, variant, device_type = sys.argv[1:7]
+    _worker(model, int(batch), dtype, int(micro_batches), variant, device_type)
