@@ -10,6 +10,7 @@ import argparse
 import atexit
 import copy
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -489,6 +490,14 @@ def _peers_for(model, batch, dtype, micro_batches: int = 1) -> list:
     return found
 
 
+# glibc's malloc hands buffers above its mmap threshold back to the kernel when freed, so a
+# framework that frees and re-allocates large buffers every step (PyTorch on CPU) pays page faults
+# for them every step (up to 27k a conv VAE step). PyTorch's CPU tuning advice is a caching malloc
+# (jemalloc, tcmalloc); these glibc settings do the same, for every peer (benchmarks/README.md,
+# item 20). A value set in the environment wins.
+PEER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+
+
 class PipedPeer:
     """A peer in a process of its own, as its users run it: no peer shares our process's thread
     pools and libraries, and Keras can fix its backend at import. The worker
@@ -499,6 +508,7 @@ class PipedPeer:
     def __init__(self, command: list[str], env: dict | None = None):
         self._command = command
         self._stderr = tempfile.TemporaryFile(mode="w+")
+        env = {**PEER_MALLOC_ENV, **(os.environ if env is None else env)}
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=self._stderr, text=True, env=env)
         atexit.register(self.close)

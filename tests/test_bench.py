@@ -148,6 +148,15 @@ def test_piped_peer_runs_steps_in_its_worker_and_says_why_a_worker_failed(tmp_pa
     peer.close()
     assert peer._process.returncode == 0
 
+    # every worker gets a malloc that keeps freed memory, unless the environment says otherwise
+    said_threshold = "import os\nprint('ready', os.environ['MALLOC_MMAP_THRESHOLD_'], flush=True)\nsys.stdin.read()\n"
+    peer = bench.PipedPeer(_worker(tmp_path, said_threshold))
+    assert peer.name == str(32 << 20)
+    peer.close()
+    peer = bench.PipedPeer(_worker(tmp_path, said_threshold), env={"MALLOC_MMAP_THRESHOLD_": "4096"})
+    assert peer.name == "4096"
+    peer.close()
+
     with pytest.raises(RuntimeError, match="exited with 3: no keras here"):
         bench.PipedPeer(_worker(tmp_path, "sys.stderr.write('no keras here\\n'); sys.exit(3)\n"))
     with pytest.raises(RuntimeError, match="said 'hello' instead of 'ready NAME'"):
