@@ -1,8 +1,9 @@
 """The PyTorch peers (models in `torch_models.py`), each variant trained in a worker process
 (`python -m benchmarks.peers.torch_peers MODEL BATCH DTYPE MICRO_BATCHES VARIANT DEVICE`) that
 `flaxgen bench` drives over a pipe, a repeat at a time, interleaved with ours. A torch user runs
-torch in a process of its own; inside ours, beside XLA's thread pool and libraries, it timed
-faster, for a reason not found (benchmarks/README.md, item 19)."""
+torch in a process of its own; inside ours it had timed faster, because our process's
+heap spared it glibc's page faults, which every worker's malloc settings now spare it too
+(`PEER_MALLOC_ENV` in flaxgen/bench.py; benchmarks/README.md, items 19 and 20)."""
 from __future__ import annotations
 
 import importlib.util
