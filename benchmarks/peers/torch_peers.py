@@ -64,7 +64,8 @@ def _worker(model: str, batch: int, dtype: str, micro_batches: int, variant: str
 
         name, run = torch_models.build(model, batch, dtype, micro_batches, variant, device_type)
     except Exception as error:   # one line for PipedPeer's message, not a traceback
-        sys.stderr.write(f"{type(error).__name__}: {str(error).splitlines()[0][:160]}\n")
+        first_line = (str(error).splitlines() or [""])[0]   # an error may have no message at all
+        sys.stderr.write(f"{type(error).__name__}: {first_line[:160]}\n")
         sys.exit(1)
     serve(channel, name, run)
 
