@@ -528,6 +528,10 @@ class PipedPeer:
                                f"{said[-1] if said else 'no message'}")
         return line.strip()
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def __call__(self, steps: int) -> float:
         self._process.stdin.write(f"{steps}\n")
         self._process.stdin.flush()

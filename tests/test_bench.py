@@ -189,6 +189,37 @@ def test_peer_rounds_alternate_which_side_runs_first():
     assert {side: steps for side, steps in calls} == {"ours": 3, "peer": 5}
 
 
+def test_the_wake_check_times_our_repeats_in_each_wake_and_sees_a_peer_that_keeps_spinning(tmp_path):
+    from benchmarks import wake_check
+
+    last, pauses = ["ours"], []
+    def ours(steps):        # slower right after the peer's repeat, slowest after an idle pause
+        seconds = {"ours": 1.0, "peer": 1.25, "idle": 1.5}[last[0]]
+        last[0] = "ours"
+        return seconds
+    def theirs(steps):
+        last[0] = "peer"
+        return 0.5
+    def pause(seconds):
+        pauses.append(seconds)
+        last[0] = "idle"
+    times = wake_check.wake_times(ours, 3, theirs, 4, blocks=2, pause=pause)
+    assert times == {"after ours": [1.0] * 6, "after the peer": [1.25] * 6, "after idle": [1.5] * 6,
+                     "peer": [0.5] * 6}
+    assert pauses == [2.0] * 6      # as long as the peer's last repeat: 4 steps of 0.5 s
+
+    # a worker that answers, then keeps a core busy for 0.3 s: the check sees that CPU
+    spinner = ("import time\nprint('ready spinner', flush=True)\nfor line in sys.stdin:\n"
+               "    print(0.001, flush=True)\n    end = time.time() + 0.3\n    while time.time() < end: pass\n")
+    peer = bench.PipedPeer(_worker(tmp_path, spinner))
+    assert wake_check.cpu_burnt_after(peer, 1, peer.pid, repeats=2) >= 0.15
+    peer.close()
+    idle = bench.PipedPeer(_worker(tmp_path, "print('ready idle', flush=True)\n"
+                                             "for line in sys.stdin:\n    print(0.001, flush=True)\n"))
+    assert wake_check.cpu_burnt_after(idle, 1, idle.pid, repeats=2) <= 0.05
+    idle.close()
+
+
 def test_a_peer_row_is_the_median_ratio_with_its_middle_half_and_range(monkeypatch):
     peer_seconds = iter([1.0, 3.0, 1.5, 2.5, 2.0])
     ours = lambda steps: 0.01 if steps == 2 else 1.0         # 2 steps: the calibration call
