@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.model} batch {args.batch} {dtype} {' '.join(args.overrides)}: {step_us / 1e3:.2f} ms/step "
           f"under the profiler ({result.step_ms_median:.2f} without); {label} busy {busy_us / 1e3:.2f} ms/step "
           f"({100 * busy_us / step_us:.0f}%) in {sum(c for _, c in totals.values()) // args.steps} ops")
+    if jax.default_backend() == "cpu":
+        print("XLA:CPU traces an Eigen dot's launch, not its work (here the dots contracting dimension 0: "
+              "benchmarks/README.md, item 21), so those read low here; time such a dot alone")
     print(f"{'us/step':>10}{'% step':>8}{'calls':>7}  op")
     for name, (total, count) in sorted(totals.items(), key=lambda item: -item[1][0])[:args.top]:
         per_step = total / args.steps
