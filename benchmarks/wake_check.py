@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.model} b{args.batch} beside {name} ({medians['peer']:.2f} ms/step): ours "
                   + ", ".join(f"{wake} {medians[wake]:.2f}" for wake in WAKES)
                   + f" ms/step (medians of {len(times['peer'])}){burnt}", flush=True)
-        close = getattr(peer, "close", None)
-        if close is not None:
-            close()
+        bench.close_peer(peer)
 
 
 if __name__ == "__main__":

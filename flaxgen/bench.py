@@ -546,6 +546,13 @@ class PipedPeer:
                 self._process.kill()
 
 
+def close_peer(run) -> None:
+    """Free a peer's worker process now (a PipedPeer); an in-process run(steps) has none."""
+    close = getattr(run, "close", None)
+    if close is not None:
+        close()
+
+
 def ratio_spread(row: dict) -> str:
     """'1.06x (IQR 1.00-1.12, range 0.89-1.35)' for a peer row."""
     return (f"{row['ratio_median']:.2f}x (IQR {row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}, "
@@ -578,9 +585,7 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
         ours, theirs = timed_in_turn(flaxgen_run, _steps_lasting(flaxgen_run), peer_run,
                                      _steps_lasting(peer_run), repeats)
         ratios = sorted(t / o for o, t in zip(ours, theirs))
-        close = getattr(peer_run, "close", None)   # a worker process (PipedPeer): free it now
-        if close is not None:
-            close()
+        close_peer(peer_run)
         quartile_1, _, quartile_3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
                      "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),

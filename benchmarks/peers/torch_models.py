@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmarks.peers.torch_peers import VARIANTS
+from benchmarks.peers.torch_peers import MODELS, VARIANTS
 
 
 def _timed(step, device):
@@ -206,6 +206,8 @@ def dcgan_step(batch, device, compile_mode, micro_batches=1, latent=64, r1_gamma
 
 
 STEPS = {"gpt_cpu": gpt_step, "conv_vae": conv_vae_step, "dcgan": dcgan_step}
+# torch_peers.MODELS names them without importing torch; the two lists must not drift apart
+assert tuple(STEPS) == MODELS, (tuple(STEPS), MODELS)
 
 
 def build(model: str, batch: int, dtype: str, micro_batches: int, variant: str, device_type: str):
