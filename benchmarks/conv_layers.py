@@ -1,8 +1,9 @@
 """Which of a model's convolutions is slower than a peer's, layer by layer?
 
 `flaxgen bench --peers` compares whole steps. This times each convolution of a bench case alone,
-forward and backward (bias, ReLU, a sum-of-squares loss; the gradients of the kernel, the bias and,
-but for a layer reading the data, the input), ours as the case's step runs it (the same
+forward and backward (bias and ReLU, then the gradients of the kernel, the bias and, but for a
+layer reading the data, the input, from a fixed gradient of the output: what a layer costs inside a
+step, with no loss of its own to add work that one framework fuses and another does not), ours as the case's step runs it (the same
 micro-batches, `model.conv` formulation and XLA options) against the same layer in TensorFlow (Keras
 layers under `tf.function`, NHWC) and in PyTorch eager (NCHW), each peer in a worker process of
 its own, interleaved round by round as the bench interleaves steps. The layers are read from the
@@ -83,9 +84,9 @@ def compiler_options_of(model: str, batch: int) -> dict[str, str]:
 
 
 def layer_step(layer: ConvLayer, batch: int, micro_batches: int, compiler_options: dict | None = None):
-    """(step, args): step(*args) computes the layer's gradients over `batch` examples, as a scan
-    over `micro_batches` with the kernel and bias gradients summed, as our training steps do, and
-    compiled with the step's `compiler_options`."""
+    """(step, (params, inputs, output_gradient)): step(*args) computes the layer's gradients over
+    `batch` examples from `output_gradient`, as a scan over `micro_batches` with the kernel and
+    bias gradients summed, as our training steps do, compiled with the step's `compiler_options`."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -94,23 +95,30 @@ def layer_step(layer: ConvLayer, batch: int, micro_batches: int, compiler_option
 
     conv = Conv2D(layer.features, layer.kernel, (layer.stride,) * 2, transpose=layer.transpose,
                   implementation=conv_implementation("auto"))
-    inputs = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *layer.in_shape), np.float32))
+    rng = np.random.default_rng(0)
+    inputs = jnp.asarray(rng.standard_normal((batch, *layer.in_shape), np.float32))
     params = conv.init(jax.random.key(0), inputs[:1])
 
-    def loss(params, x):
-        return jnp.sum(jax.nn.relu(conv.apply(params, x)) ** 2)
+    def forward(params, x):
+        return jax.nn.relu(conv.apply(params, x))
 
-    gradient = jax.grad(loss, argnums=(0, 1) if layer.input_gradient else 0)
+    out_shape = jax.eval_shape(forward, params, inputs[:1]).shape[1:]
+    output_gradient = jnp.asarray(rng.standard_normal((batch, *out_shape), np.float32))
 
-    def step(params, inputs):
-        def body(total, x):
-            grads = gradient(params, x)
-            param_grads, input_grad = grads if layer.input_gradient else (grads, None)
+    def gradients(params, x, cotangent):
+        if layer.input_gradient:
+            return jax.vjp(forward, params, x)[1](cotangent)
+        return jax.vjp(lambda params: forward(params, x), params)[1](cotangent)[0], None
+
+    def step(params, inputs, output_gradient):
+        def body(total, chunk):
+            param_grads, input_grad = gradients(params, *chunk)
             return jax.tree.map(jnp.add, total, param_grads), input_grad
-        chunks = inputs.reshape(micro_batches, batch // micro_batches, *layer.in_shape)
-        return jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), chunks)
+        split = lambda array: array.reshape(micro_batches, batch // micro_batches, *array.shape[1:])
+        return jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (split(inputs), split(output_gradient)))
 
-    return jax.jit(step).lower(params, inputs).compile(compiler_options or {}), (params, inputs)
+    args = (params, inputs, output_gradient)
+    return jax.jit(step).lower(*args).compile(compiler_options or {}), args
 
 
 def timed(step, args):
@@ -179,15 +187,16 @@ def _worker(framework: str, layer_json: str, batch: int) -> None:
         make = tf.keras.layers.Conv2DTranspose if layer.transpose else tf.keras.layers.Conv2D
         conv = make(layer.features, layer.kernel, strides=layer.stride, padding="same", activation="relu")
         x = tf.constant(rng.standard_normal((batch, *layer.in_shape), np.float32))
-        conv(x)
+        output_gradient = tf.constant(rng.standard_normal(conv(x).shape, np.float32))
 
         @tf.function
         def step(x):
             with tf.GradientTape() as tape:
                 if layer.input_gradient:
                     tape.watch(x)
-                loss = tf.reduce_sum(conv(x) ** 2)
-            return tape.gradient(loss, ([x] if layer.input_gradient else []) + conv.trainable_variables)
+                y = conv(x)
+            return tape.gradient(y, ([x] if layer.input_gradient else []) + conv.trainable_variables,
+                                 output_gradients=output_gradient)
 
         def finish(out):
             out[-1].numpy()
@@ -206,9 +215,11 @@ def _worker(framework: str, layer_json: str, batch: int) -> None:
         x = torch.from_numpy(rng.standard_normal((batch, channels, height, width), np.float32))
         x.requires_grad_(layer.input_gradient)
         wanted = ([x] if layer.input_gradient else []) + list(conv.parameters())
+        with torch.no_grad():
+            output_gradient = torch.from_numpy(rng.standard_normal(tuple(conv(x).shape), np.float32))
 
         def step(x):
-            return torch.autograd.grad(torch.sum(torch.relu(conv(x)) ** 2), wanted)
+            return torch.autograd.grad(torch.relu(conv(x)), wanted, grad_outputs=output_gradient)
 
         finish = lambda out: None     # eager CPU torch has finished when it returns
         name = f"torch {torch.__version__} eager"

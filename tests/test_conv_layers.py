@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -42,14 +41,19 @@ def test_the_layers_are_read_from_the_model_in_the_order_it_calls_them():
 def test_a_layer_step_over_micro_batches_gives_the_whole_batchs_gradients(input_gradient):
     layer = ConvLayer("toy", (7, 7, 8), 4, (3, 3), 2, True, input_gradient)
     (param_grads, input_grads), _ = _run(*conv_layers.layer_step(layer, 8, 2))
-    (whole_grads, whole_input), (params, inputs) = _run(*conv_layers.layer_step(layer, 8, 1))
+    (whole_grads, whole_input), (params, inputs, output_gradient) = _run(*conv_layers.layer_step(layer, 8, 1))
+    assert output_gradient.shape == (8, 14, 14, 4)
     for split, whole in zip(jax.tree.leaves(param_grads), jax.tree.leaves(whole_grads)):
         np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-4)
     if input_gradient:
         np.testing.assert_allclose(input_grads.reshape(8, 7, 7, 8), whole_input[0], rtol=1e-5, atol=1e-5)
-        # and it is the gradient of the function the step says it times
-        expected = jax.grad(lambda x: jnp.sum(jax.nn.relu(_apply(layer, params, x)) ** 2))(inputs)
-        np.testing.assert_allclose(whole_input[0], expected, rtol=1e-5, atol=1e-5)
+    # and they are the gradients of the layer (bias, ReLU) from the given output gradient
+    expected_params, expected_input = jax.vjp(lambda p, x: jax.nn.relu(_apply(layer, p, x)),
+                                              params, inputs)[1](output_gradient)
+    for ours, expected in zip(jax.tree.leaves(whole_grads), jax.tree.leaves(expected_params)):
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    if input_gradient:
+        np.testing.assert_allclose(whole_input[0], expected_input, rtol=1e-5, atol=1e-5)
     else:
         assert input_grads is None and whole_input is None
 
