@@ -2,11 +2,12 @@
 
 `flaxgen bench --peers` compares whole steps. This times each convolution of a bench case alone,
 forward and backward (bias and ReLU, then the gradients of the kernel, the bias and, but for a
-layer reading the data, the input, from a fixed gradient of the output: what a layer costs inside a
-step, with no loss of its own to add work that one framework fuses and another does not), ours as the case's step runs it (the same
-micro-batches, `model.conv` formulation and XLA options) against the same layer in TensorFlow (Keras
-layers under `tf.function`, NHWC) and in PyTorch eager (NCHW), each peer in a worker process of
-its own, interleaved round by round as the bench interleaves steps. The layers are read from the
+layer reading the data, the input, from a fixed gradient of the output: what a layer costs inside
+a step, with no loss of its own to add work that one framework fuses and another does not), ours
+as the case's step runs it (the same micro-batches, `model.conv` formulation and XLA options)
+against the same layer in TensorFlow (Keras layers under `tf.function`, NHWC) and in PyTorch
+eager (NCHW), each peer in a worker process of its own, interleaved round by round as the bench
+interleaves steps. The layers are read from the
 model itself, so the list follows the code. It also prints our whole step beside the sum of our
 layers: what the layers do not explain is the rest of the step.
 
@@ -74,13 +75,10 @@ def conv_layers_of(model: str, batch: int) -> list[ConvLayer]:
 
 def compiler_options_of(model: str, batch: int) -> dict[str, str]:
     """The XLA options a bench case's step compiles with here (`train.xla_cpu_options` on CPU)."""
-    import jax
-
     from flaxgen import bench
-    from flaxgen.config import xla_cpu_options
+    from flaxgen.training.loop import _compiler_options, split_batch
 
-    config = bench.case_config(model, batch, "single", None, None)
-    return xla_cpu_options(config) if jax.default_backend() == "cpu" else {}
+    return _compiler_options(*split_batch(bench.case_config(model, batch, "single", None, None)))
 
 
 def layer_step(layer: ConvLayer, batch: int, micro_batches: int, compiler_options: dict | None = None):
@@ -166,7 +164,8 @@ def peer(framework: str, layer: ConvLayer, batch: int):
 
 
 def _worker(framework: str, layer_json: str, batch: int) -> None:
-    """The peer's side: its framework's same layer, fwd+bwd of the same loss over the whole batch."""
+    """The peer's side: its framework's same layer, forward and backward from a fixed output
+    gradient, over the whole batch."""
     import os
     import time
 
@@ -274,10 +273,9 @@ def main(argv: list[str] | None = None) -> None:
                                                          bench._steps_lasting(theirs, 0.25), args.rounds)
             bench.close_peer(theirs)
             interleaved += times_ours
-            ratios = sorted(t / o for o, t in zip(times_ours, times_peer))
-            q1, _, q3 = statistics.quantiles(ratios, n=4)
-            cells.append(f"{theirs.name} {statistics.median(times_peer) * 1e3:.2f} ms: "
-                         f"{statistics.median(ratios):.2f}x (IQR {q1:.2f}-{q3:.2f})")
+            stats = bench.ratio_stats(times_ours, times_peer)
+            cells.append(f"{theirs.name} {statistics.median(times_peer) * 1e3:.2f} ms: {stats['ratio_median']:.2f}x "
+                         f"(IQR {stats['ratio_q1']:.2f}-{stats['ratio_q3']:.2f})")
         # ours: the median of every repeat interleaved with a peer's, else of five of its own
         ours_ms = statistics.median(interleaved or [ours(steps_ours) for _ in range(5)]) * 1e3
         ours_total += ours_ms

@@ -578,17 +578,22 @@ def timed_in_turn(run_a, steps_a, run_b, steps_b, rounds: int) -> tuple[list[flo
     return times_a, times_b
 
 
+def ratio_stats(ours: Sequence[float], theirs: Sequence[float]) -> dict:
+    """The per-round ratios theirs/ours of interleaved repeats (our speed over the peer's): their
+    median, quartiles and range."""
+    ratios = sorted(t / o for o, t in zip(ours, theirs))
+    quartile_1, _, quartile_3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"ratio_median": statistics.median(ratios), "ratio_q1": quartile_1, "ratio_q3": quartile_3,
+            "ratio_min": ratios[0], "ratio_max": ratios[-1]}
+
+
 def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=1) -> list[dict]:
     """A/B interleaved repeats of our step and each peer's; the ratio per pair."""
     rows = []
     for name, peer_run in _peers_for(model, batch, dtype, micro_batches):
         ours, theirs = timed_in_turn(flaxgen_run, _steps_lasting(flaxgen_run), peer_run,
                                      _steps_lasting(peer_run), repeats)
-        ratios = sorted(t / o for o, t in zip(ours, theirs))
         close_peer(peer_run)
-        quartile_1, _, quartile_3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
-                     "peer_ms": statistics.median(theirs) * 1e3, "ratio_median": statistics.median(ratios),
-                     "ratio_q1": quartile_1, "ratio_q3": quartile_3,
-                     "ratio_min": ratios[0], "ratio_max": ratios[-1], "rounds": repeats})
+                     "peer_ms": statistics.median(theirs) * 1e3, **ratio_stats(ours, theirs), "rounds": repeats})
     return rows
