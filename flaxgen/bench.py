@@ -595,5 +595,7 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
                                      _steps_lasting(peer_run), repeats)
         close_peer(peer_run)
         rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
-                     "peer_ms": statistics.median(theirs) * 1e3, **ratio_stats(ours, theirs), "rounds": repeats})
+                     "peer_ms": statistics.median(theirs) * 1e3, **ratio_stats(ours, theirs), "rounds": repeats,
+                     # in the order they ran, to tell drift from an outlier round
+                     "flaxgen_ms_rounds": [t * 1e3 for t in ours], "peer_ms_rounds": [t * 1e3 for t in theirs]})
     return rows

@@ -228,6 +228,8 @@ def test_a_peer_row_is_the_median_ratio_with_its_middle_half_and_range(monkeypat
     (row,) = bench._peer_side_by_side("gpt_cpu", 12, None, ours, repeats=5)
     assert (row["peer"], row["rounds"], row["ratio_median"]) == ("toy", 5, 2.0)
     assert bench.ratio_spread(row) == "2.00x (IQR 1.25-2.75, range 1.00-3.00)"
+    assert row["peer_ms_rounds"] == [1000.0, 3000.0, 1500.0, 2500.0, 2000.0]   # in the order they ran
+    assert row["flaxgen_ms_rounds"] == [1000.0] * 5
 
 
 def test_each_case_is_measured_against_its_own_dtypes_peak(tmp_path, monkeypatch):
