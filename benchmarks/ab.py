@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     same = " (A/A: the same settings on both sides, so this is the noise)" if args.a == args.b else ""
     print(f"{args.model} b{args.batch}: A {row['a_ms']:.2f} ms/step, B {row['b_ms']:.2f} ms/step; "
           f"B's speed over A's {row['ratio_median']:.3f}x (IQR {row['ratio_q1']:.3f}-{row['ratio_q3']:.3f}, "
-          f"range {row['ratio_min']:.3f}-{row['ratio_max']:.3f}, {args.rounds} rounds){same}", flush=True)
+          f"range {row['ratio_min']:.3f}-{row['ratio_max']:.3f}, {args.rounds} rounds; "
+          f"best rounds {row['ratio_of_best']:.3f}x){same}", flush=True)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(row, file, indent=1)

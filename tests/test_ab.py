@@ -23,6 +23,7 @@ def test_b_speed_over_a_is_the_median_of_the_rounds_and_the_sides_alternate():
     assert row["ratio_median"] == pytest.approx(2.0)
     assert (row["ratio_min"], row["ratio_max"]) == (pytest.approx(0.5), pytest.approx(3.0))
     assert row["a_ms"] == pytest.approx(20.0) and row["b_ms"] == pytest.approx(10.0)
+    assert row["ratio_of_best"] == pytest.approx(2.0)     # A's best 20 ms over B's best 10 ms
     assert row["a_ms_rounds"] == pytest.approx([20.0, 30.0, 20.0])
     assert row["b_ms_rounds"] == pytest.approx([10.0, 10.0, 40.0])
 

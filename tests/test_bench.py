@@ -227,7 +227,8 @@ def test_a_peer_row_is_the_median_ratio_with_its_middle_half_and_range(monkeypat
     monkeypatch.setattr(bench, "_peers_for", lambda *args: [("toy", theirs)])
     (row,) = bench._peer_side_by_side("gpt_cpu", 12, None, ours, repeats=5)
     assert (row["peer"], row["rounds"], row["ratio_median"]) == ("toy", 5, 2.0)
-    assert bench.ratio_spread(row) == "2.00x (IQR 1.25-2.75, range 1.00-3.00)"
+    # best: the peer's fastest round (1.0 s) over ours (1.0 s)
+    assert bench.ratio_spread(row) == "2.00x (IQR 1.25-2.75, range 1.00-3.00; best 1.00x)"
     assert row["peer_ms_rounds"] == [1000.0, 3000.0, 1500.0, 2500.0, 2000.0]   # in the order they ran
     assert row["flaxgen_ms_rounds"] == [1000.0] * 5
 
@@ -327,3 +328,11 @@ def test_bench_steps_lowered_for_a_gpu_hold_no_runtime_loop_or_conditional():
         assert runtime_branches(traced.lower(lowering_platforms=("cuda",)).as_text()) == [], model
         if model == "vae":   # the check can fail: on CPU the unread gradient norm is skipped by conds
             assert len(runtime_branches(traced.lower(lowering_platforms=("cpu",)).as_text())) > 3
+
+
+def test_a_slow_stretch_that_moves_the_median_leaves_the_best_rounds_ratio():
+    # three of five rounds in a busy minute that slowed ours by 2x and the peer's by 1.5x
+    ours, theirs = [1.0, 1.0, 2.0, 2.0, 2.0], [1.3, 1.3, 1.95, 1.95, 1.95]
+    stats = bench.ratio_stats(ours, theirs)
+    assert stats["ratio_median"] == pytest.approx(0.975)
+    assert stats["ratio_of_best"] == pytest.approx(1.3)
