@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return _worker(argv[1], argv[2], int(argv[3]))
-    from flaxgen import bench
+    from flaxgen import bench, hostmem
 
     parser = argparse.ArgumentParser("conv_layers", description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(bench.MODELS))
@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the peer frameworks (repeatable; default: both)")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
+    hostmem.keep_freed_memory()     # as the flaxgen command runs
 
     import jax
     if jax.default_backend() != "cpu":

@@ -47,7 +47,7 @@ def busy_by_name(trace: dict) -> tuple[str, dict[str, tuple[float, int]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flaxgen import bench
+    from flaxgen import bench, hostmem
 
     parser = argparse.ArgumentParser("profile_case", description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(bench.MODELS))
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    hostmem.keep_freed_memory()     # as the flaxgen command runs
 
     dtype = bench.run_dtype(args.dtype, jax.default_backend())
     result, run = bench.time_case(args.model, args.batch, dtype=dtype, repeats=1, steps=args.steps,

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from flaxgen import flops as flops_lib
+from flaxgen import hostmem
 from flaxgen.config import ConfigError, build_config, optimizer_sections
 
 IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_examples": 4096}
@@ -353,7 +354,7 @@ def write_report(results, peers, meta, out_dir: Path) -> None:
     plot_sweep(results, out_dir / "scaling.png")
     lines = [f"# flaxgen bench: {meta['device']}", "", f"Command: `{meta['command']}`", "",
              f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU, "
-             f"{describe_peaks(meta['peaks'])}.", "",
+             f"{describe_peaks(meta['peaks'])}. malloc: {meta['malloc']} (flaxgen/hostmem.py).", "",
              "```", format_table(results), "```", "",
              "`micro`: the step runs its batch as that many micro-batches (a scan; the same "
              "gradient), on CPU only (benchmarks/README.md, item 6). A peer named `eager AxB` "
@@ -393,6 +394,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
                              "optim.accum_steps=1 (repeatable)")
     parser.add_argument("--out", help="directory for results.json, README.md and scaling.png")
     args = parser.parse_args(argv)
+    malloc = hostmem.keep_freed_memory()
 
     models = args.models.split(",") if args.models else PRESETS[args.preset]
     unknown = [m for m in models if m not in MODELS]
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 "jax": jax.__version__, "python": platform.python_version(),
                 "command": "flaxgen bench " + " ".join(argv if argv is not None else sys.argv[2:]),
                 "peaks": summary_of(peaks),
-                "date": time.strftime("%Y-%m-%d")}
+                "malloc": malloc, "date": time.strftime("%Y-%m-%d")}
         write_report(results, peers, meta, Path(args.out))
         print(f"\nwrote {args.out}/results.json, README.md, scaling.png")
     return results
@@ -494,9 +496,10 @@ def _peers_for(model, batch, dtype, micro_batches: int = 1) -> list:
 # glibc's malloc hands buffers above its mmap threshold back to the kernel when freed, so a
 # framework that frees and re-allocates large buffers every step (PyTorch on CPU) pays page faults
 # for them every step (up to 27k a conv VAE step). PyTorch's CPU tuning advice is a caching malloc
-# (jemalloc, tcmalloc); these glibc settings do the same, for every peer (benchmarks/README.md,
-# item 20). A value set in the environment wins.
-PEER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+# (jemalloc, tcmalloc); every peer starts with the glibc settings that do the same, as our own
+# process runs with them (flaxgen/hostmem.py; benchmarks/README.md, items 20 and 24). A value set
+# in the environment wins.
+PEER_MALLOC_ENV = hostmem.ENVIRONMENT
 
 
 class PipedPeer:

@@ -99,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: flaxgen {{{','.join(COMMANDS)}}} ...  (flaxgen COMMAND -h for help)",
               file=sys.stderr)
         return 2
+    from flaxgen import hostmem
     from flaxgen.config import ConfigError
     from flaxgen.data.base import DataError
     from flaxgen.training.checkpoint import CheckpointError
     from flaxgen.training.loop import TrainingDiverged
 
+    hostmem.keep_freed_memory()     # XLA:CPU's step buffers stop page-faulting (flaxgen/hostmem.py)
     try:
         COMMANDS[argv[0]](argv[1:])
     except (ConfigError, DataError, CheckpointError, TrainingDiverged, ValueError) as error:
