@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Sequence
 
@@ -35,9 +34,8 @@ def side_by_side(run_a, run_b, rounds: int, steps_a: int, steps_b: int) -> dict:
     from flaxgen import bench
 
     times_a, times_b = bench.timed_in_turn(run_a, steps_a, run_b, steps_b, rounds)
-    return {"a_ms": statistics.median(times_a) * 1e3, "b_ms": statistics.median(times_b) * 1e3,
-            **bench.ratio_stats(times_b, times_a), "rounds": rounds,
-            "a_ms_rounds": [t * 1e3 for t in times_a], "b_ms_rounds": [t * 1e3 for t in times_b]}
+    return {**bench.step_ms("a", times_a), **bench.step_ms("b", times_b),
+            **bench.ratio_stats(times_b, times_a), "rounds": rounds}
 
 
 def main(argv: list[str] | None = None) -> dict:

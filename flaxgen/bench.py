@@ -582,6 +582,12 @@ def timed_in_turn(run_a, steps_a, run_b, steps_b, rounds: int) -> tuple[list[flo
     return times_a, times_b
 
 
+def step_ms(side: str, times: Sequence[float]) -> dict:
+    """One side's repeats (seconds a step) as '{side}_ms', their median, and '{side}_ms_rounds',
+    each in the order it ran, to tell drift from an outlier round (milliseconds a step)."""
+    return {f"{side}_ms": statistics.median(times) * 1e3, f"{side}_ms_rounds": [t * 1e3 for t in times]}
+
+
 def ratio_stats(ours: Sequence[float], theirs: Sequence[float]) -> dict:
     """The per-round ratios theirs/ours of interleaved repeats (our speed over the peer's): their
     median, quartiles and range; and the ratio of each side's best round. A busy neighbour on a
@@ -601,8 +607,6 @@ def _peer_side_by_side(model, batch, dtype, flaxgen_run, repeats, micro_batches=
         ours, theirs = timed_in_turn(flaxgen_run, _steps_lasting(flaxgen_run), peer_run,
                                      _steps_lasting(peer_run), repeats)
         close_peer(peer_run)
-        rows.append({"model": model, "batch": batch, "peer": name, "flaxgen_ms": statistics.median(ours) * 1e3,
-                     "peer_ms": statistics.median(theirs) * 1e3, **ratio_stats(ours, theirs), "rounds": repeats,
-                     # in the order they ran, to tell drift from an outlier round
-                     "flaxgen_ms_rounds": [t * 1e3 for t in ours], "peer_ms_rounds": [t * 1e3 for t in theirs]})
+        rows.append({"model": model, "batch": batch, "peer": name, **step_ms("flaxgen", ours),
+                     **step_ms("peer", theirs), **ratio_stats(ours, theirs), "rounds": repeats})
     return rows

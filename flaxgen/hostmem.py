@@ -4,7 +4,7 @@ XLA:CPU takes a step's temporary buffers from malloc and frees them when the ste
 gives freed memory back to the kernel when the block was mmapped (above its moving mmap
 threshold) or when the free space at the top of its heap passes its trim threshold, and the next
 step then touches fresh pages: a page fault every 4 KiB. On a 2-core machine that happened to the
-DCGAN's step in stretches of a minute or so, ~23,000 faults and 10% system time a repeat, with
+DCGAN's step in stretches of a minute or so, ~34,000 faults and 10% system time a repeat, with
 the step 1.2-1.6x slower (benchmarks/README.md, item 24). PyTorch's CPU tuning advice is a caching
 allocator; these two settings do the same in glibc. The memory a process keeps is what its
 steps use anyway.
