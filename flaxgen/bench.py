@@ -321,6 +321,37 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+# Widest vector extension first: XLA:CPU, MKL and oneDNN pick their kernels by it, so two hosts
+# that both call themselves "AMD EPYC" (a Zen 4 with AVX-512, a Zen 3 with AVX2) time differently.
+VECTOR_EXTENSIONS = ("avx512f", "avx2", "avx", "sse4_2", "asimd", "neon")
+
+
+def host_cpu(cpuinfo: str | None = None) -> dict:
+    """The host processor, as far as /proc/cpuinfo tells: its name, x86 family and model (which
+    tell generations apart where the name does not), widest vector extension and usable cores."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())   # the first processor's
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"name": fields.get("model name") or platform.processor() or platform.machine(),
+            "family": fields.get("cpu family"), "model": fields.get("model"),
+            "vector": next((extension for extension in VECTOR_EXTENSIONS if extension in flags), None),
+            "cores": _cpu_count()}
+
+
+def describe_host(host: dict) -> str:
+    """'AMD EPYC (family 25, model 1), avx2, 2 cores'."""
+    generation = f" (family {host['family']}, model {host['model']})" if host.get("family") else ""
+    vector = f", {host['vector']}" if host.get("vector") else ""
+    return f"{host['name']}{generation}{vector}, {host['cores']} cores"
+
+
 def plot_sweep(results: list[Result], path: Path) -> None:
     from flaxgen.viz import _pyplot
 
@@ -352,13 +383,15 @@ def write_report(results, peers, meta, out_dir: Path) -> None:
     (out_dir / "results.json").write_text(json.dumps(
         {"meta": meta, "results": [asdict(r) for r in results], "peers": peers}, indent=2) + "\n")
     plot_sweep(results, out_dir / "scaling.png")
-    lines = [f"# flaxgen bench: {meta['device']}", "", f"Command: `{meta['command']}`", "",
-             f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU, "
-             f"{describe_peaks(meta['peaks'])}. malloc: {meta['malloc']} (flaxgen/hostmem.py).", "",
-             "```", format_table(results), "```", "",
-             "`micro`: the step runs its batch as that many micro-batches (a scan; the same "
-             "gradient), on CPU only (benchmarks/README.md, item 6). A peer named `eager AxB` "
-             "splits its batch the same way.", ""]
+    lines = [f"# flaxgen bench: {meta['device']}", "", f"Command: `{meta['command']}`", ""]
+    if meta.get("host"):    # runs committed before 2026-12-07 did not record it
+        lines += [f"Host: {describe_host(meta['host'])}.", ""]
+    lines += [f"jax {meta['jax']}, {meta['backend']} backend, {meta['device_kind']}; peak for MFU, "
+              f"{describe_peaks(meta['peaks'])}. malloc: {meta['malloc']} (flaxgen/hostmem.py).", "",
+              "```", format_table(results), "```", "",
+              "`micro`: the step runs its batch as that many micro-batches (a scan; the same "
+              "gradient), on CPU only (benchmarks/README.md, item 6). A peer named `eager AxB` "
+              "splits its batch the same way.", ""]
     if peers:
         lines += ["## Side by side with peers (interleaved A/B, same batch and dtype)", "",
                   f"flaxgen/peer: the median of the per-round ratios over {peers[0]['rounds']} rounds, "
@@ -423,8 +456,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
                     raise ConfigError(f"bench case {model} batch {batch} ({strategy}): {error}") from None
     dtypes = [dtype]
     peaks = peaks_for(device, dtypes)
-    print(f"flaxgen bench on {device_label()} ({device.device_kind}); MFU peak {describe_peaks(summary_of(peaks))}",
-          flush=True)
+    host = host_cpu()
+    print(f"flaxgen bench on {device_label()} ({device.device_kind}; host {describe_host(host)}); "
+          f"MFU peak {describe_peaks(summary_of(peaks))}", flush=True)
     # A CPU probe is the machine's speed at one moment of a shared machine: probe again after each
     # model and at the end, and keep the best, which the final table and results.json use.
     results, peers = [], []
@@ -459,7 +493,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         meta = {"device": device_label(), "device_kind": device.device_kind, "backend": device.platform,
                 "jax": jax.__version__, "python": platform.python_version(),
                 "command": "flaxgen bench " + " ".join(argv if argv is not None else sys.argv[2:]),
-                "peaks": summary_of(peaks),
+                "peaks": summary_of(peaks), "host": host,
                 "malloc": malloc, "date": time.strftime("%Y-%m-%d")}
         write_report(results, peers, meta, Path(args.out))
         print(f"\nwrote {args.out}/results.json, README.md, scaling.png")

@@ -80,6 +80,25 @@ def test_bench_writes_a_table_json_and_report_and_counts_flops_twice(tmp_path, c
         assert abs(result["xla_flops_per_step"] / result["flops_per_step"] - 1) < 0.2
     assert 0 < result["mfu"] < 1
     assert (out / "README.md").is_file() and (out / "scaling.png").stat().st_size > 0
+    # which processor ran it, in the JSON and the report
+    assert data["meta"]["host"] == bench.host_cpu() and data["meta"]["host"]["cores"] >= 1
+    assert f"Host: {bench.describe_host(data['meta']['host'])}." in (out / "README.md").read_text()
+
+
+ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx fma avx2\n\nprocessor\t: 1\nmodel name\t: other\n"
+ZEN4 = ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2", "avx2 avx512f avx512bw avx512_bf16")
+ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n"
+
+
+def test_the_host_cpu_tells_two_processors_of_one_name_apart():
+    zen3, zen4 = bench.host_cpu(ZEN3), bench.host_cpu(ZEN4)
+    assert zen3["name"] == zen4["name"] == "AMD EPYC"    # the first processor's fields
+    assert (zen3["family"], zen3["model"], zen3["vector"]) == ("25", "1", "avx2")
+    assert (zen4["model"], zen4["vector"]) == ("17", "avx512f")
+    assert bench.describe_host(zen3) == f"AMD EPYC (family 25, model 1), avx2, {zen3['cores']} cores"
+    arm = bench.host_cpu(ARM)
+    assert arm["vector"] == "asimd" and arm["family"] is None and arm["name"]
+    assert bench.describe_host(arm) == f"{arm['name']}, asimd, {arm['cores']} cores"
 
 
 class FakeDevice:
