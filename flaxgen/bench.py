@@ -310,9 +310,12 @@ def format_table(results: list[Result]) -> str:
 
 
 def device_label() -> str:
+    """'nvidia_h100_80gb_hbm3-x1'; on CPU the cores and widest vector extension, 'cpu-2core-avx2'."""
     device = jax.devices()[0]
-    kind = device.device_kind.replace(" ", "_").lower() if device.platform != "cpu" else "cpu"
-    return f"{kind}-x{jax.device_count()}" if device.platform != "cpu" else f"cpu-{_cpu_count()}core"
+    if device.platform != "cpu":
+        return f"{device.device_kind.replace(' ', '_').lower()}-x{jax.device_count()}"
+    vector = host_cpu()["vector"]
+    return f"cpu-{_cpu_count()}core" + (f"-{vector.removesuffix('f')}" if vector else "")
 
 
 def _cpu_count() -> int:
