@@ -15,7 +15,9 @@ def get_config():
                   # On CPUs the batch of 12 runs as 2 micro-batches of 6: the same gradient, ~15%
                   # faster steps on 2 cores (cache-sized work; benchmarks/README.md). Whole elsewhere.
                   "cpu_micro_batch": 6},
-        "train": {"steps": 2000},
+        # On CPUs the step's dots run on Eigen, not YNNPACK: 1.07-1.12x on an AVX2 Zen 3, 1.02x on
+        # a Zen 4 (benchmarks/README.md, items 11 and 25).
+        "train": {"steps": 2000, "xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type="]},
         "eval": {"every": 500, "batches": 20},
         "checkpoint": {"every": 1000},
         "log": {"every": 100},

@@ -46,7 +46,8 @@ MODELS = {
               [64, 128]),
     "gpt_cpu": ({"model": {"family": "transformer", "n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size": 65},
                  "data": {"name": "synthetic_tokens", "block_size": 64, "vocab_size": 65, "num_examples": 100_000},
-                 "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0, "cpu_micro_batch": 6}},
+                 "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0, "cpu_micro_batch": 6},
+                 "train": {"xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type="]}},
                 [12, 48]),
     "gpt2_small": ({"model": {"family": "transformer", "n_layer": 12, "n_head": 12, "d_model": 768,
                               "vocab_size": 50304, "dtype": "bfloat16"},
@@ -58,6 +59,8 @@ MODELS = {
 # the same update). Measured on 2 cores: the conv VAE at batch 128 takes ~1.3x less time as
 # 4 x 32, the GPT recipe at batch 12 ~1.15x less as 2 x 6, the DCGAN at batch 128 ~1.25x less as
 # 2 x 64 (at batch 64, 2 x 32 is no faster); the dense models only lose (benchmarks/README.md).
+# `xla_cpu_options`: the DCGAN gives YNNPACK its dots alone (1.04x, item 15); the GPT recipe gives it
+# nothing, its dots run on Eigen (1.07-1.12x on an AVX2 Zen 3, 1.02x on a Zen 4: items 11 and 25).
 PRESETS = {
     "default": ["autoencoder", "vae", "conv_vae", "gan", "dcgan", "gpt_cpu"],
     "full": list(MODELS),

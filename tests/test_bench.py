@@ -7,6 +7,7 @@ import pytest
 from flaxgen import bench, flops
 from flaxgen.config import ConfigError
 from flaxgen.cli import main
+from helpers import REPO
 
 
 def test_cpu_micro_batches_split_the_per_device_batch():
@@ -355,3 +356,20 @@ def test_a_slow_stretch_that_moves_the_median_leaves_the_best_rounds_ratio():
     stats = bench.ratio_stats(ours, theirs)
     assert stats["ratio_median"] == pytest.approx(0.975)
     assert stats["ratio_of_best"] == pytest.approx(1.3)
+
+
+@pytest.mark.parametrize("case, recipe", [("gpt_cpu", "gpt_shakespeare_char.py"), ("dcgan", "dcgan_mnist.py"),
+                                          ("conv_vae", "conv_vae_mnist.py")])
+def test_a_bench_case_compiles_its_cpu_step_as_the_recipe_it_stands_for(case, recipe):
+    """The bench times what the recipe trains: on CPU, the same XLA options and micro-batches."""
+    from flaxgen.config import load_config, xla_cpu_options
+    from flaxgen.training.loop import run_config
+
+    trained = load_config(REPO / "configs" / recipe)
+    batch = trained.data.batch_size
+    timed = bench.case_config(case, batch, "single", None, None)
+    assert xla_cpu_options(timed) == xla_cpu_options(trained)
+    assert bench.micro_batches(case, batch, "single", None) == run_config(trained, batch, "cpu").optim.accum_steps
+    for key, value in bench.MODELS[case][0]["model"].items():
+        if key != "vocab_size":    # the bench's synthetic tokens stand in for the text's characters
+            assert trained.model[key] == value, key
