@@ -32,7 +32,8 @@ IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_examples"
 
 # name -> (raw config over the defaults, default batch sizes, peer batch)
 MODELS = {
-    "autoencoder": ({"model": {"family": "autoencoder", "code_dim": 32}, "data": IMAGES}, [256, 1024]),
+    "autoencoder": ({"model": {"family": "autoencoder", "code_dim": 32}, "data": IMAGES,
+                     "train": {"xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type="]}}, [256, 1024]),
     # the Keras example's MLP VAE (784-512-2-512-784, grey-level pixels): like for like with its figure
     "vae": ({"model": {"family": "vae", "arch": "dense", "encoder_hidden": [512], "decoder_hidden": [512],
                        "latent_dim": 2}, "data": IMAGES}, [128, 512]),
@@ -59,8 +60,9 @@ MODELS = {
 # the same update). Measured on 2 cores: the conv VAE at batch 128 takes ~1.3x less time as
 # 4 x 32, the GPT recipe at batch 12 ~1.15x less as 2 x 6, the DCGAN at batch 128 ~1.25x less as
 # 2 x 64 (at batch 64, 2 x 32 is no faster); the dense models only lose (benchmarks/README.md).
-# `xla_cpu_options`: the DCGAN gives YNNPACK its dots alone (1.04x, item 15); the GPT recipe gives it
-# nothing, its dots run on Eigen (1.07-1.12x on an AVX2 Zen 3, 1.02x on a Zen 4: items 11 and 25).
+# `xla_cpu_options`: the DCGAN gives YNNPACK its dots alone (1.04x, item 15); the GPT recipe and the
+# autoencoder give it nothing, their dots run on Eigen (GPT 1.07-1.12x on an AVX2 Zen 3 and 1.02x on
+# a Zen 4, autoencoder 1.08-1.10x and 1.14x: items 11 and 25). The case is what its recipe trains.
 PRESETS = {
     "default": ["autoencoder", "vae", "conv_vae", "gan", "dcgan", "gpt_cpu"],
     "full": list(MODELS),

@@ -359,7 +359,7 @@ def test_a_slow_stretch_that_moves_the_median_leaves_the_best_rounds_ratio():
 
 
 @pytest.mark.parametrize("case, recipe", [("gpt_cpu", "gpt_shakespeare_char.py"), ("dcgan", "dcgan_mnist.py"),
-                                          ("conv_vae", "conv_vae_mnist.py")])
+                                          ("conv_vae", "conv_vae_mnist.py"), ("autoencoder", "autoencoder_mnist.py")])
 def test_a_bench_case_compiles_its_cpu_step_as_the_recipe_it_stands_for(case, recipe):
     """The bench times what the recipe trains: on CPU, the same XLA options and micro-batches."""
     from flaxgen.config import load_config, xla_cpu_options
