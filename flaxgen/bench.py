@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import copy
+import functools
 import json
 import os
 import platform
@@ -30,10 +31,14 @@ from flaxgen.config import ConfigError, build_config, optimizer_sections
 
 IMAGES = {"name": "synthetic_images", "image_shape": [28, 28, 1], "num_examples": 4096}
 
+# `train.xla_cpu_options` of the cases whose recipes set them (benchmarks/README.md, items 11, 15, 25)
+EIGEN_DOTS = ["xla_cpu_experimental_ynn_fusion_type="]    # YNNPACK gets nothing; dots run on Eigen
+YNNPACK_DOTS_ONLY = ["xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"]
+
 # name -> (raw config over the defaults, default batch sizes, peer batch)
 MODELS = {
     "autoencoder": ({"model": {"family": "autoencoder", "code_dim": 32}, "data": IMAGES,
-                     "train": {"xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type="]}}, [256, 1024]),
+                     "train": {"xla_cpu_options": EIGEN_DOTS}}, [256, 1024]),
     # the Keras example's MLP VAE (784-512-2-512-784, grey-level pixels): like for like with its figure
     "vae": ({"model": {"family": "vae", "arch": "dense", "encoder_hidden": [512], "decoder_hidden": [512],
                        "latent_dim": 2}, "data": IMAGES}, [128, 512]),
@@ -43,12 +48,12 @@ MODELS = {
     "dcgan": ({"model": {"family": "gan", "arch": "dcgan", "latent_dim": 64, "dcgan_width": 32,
                          "r1_gamma": 1.0}, "data": IMAGES,
                "optim": {"cpu_micro_batch": 64}, "optim_d": {"cpu_micro_batch": 64},
-               "train": {"xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"]}},
+               "train": {"xla_cpu_options": YNNPACK_DOTS_ONLY}},
               [64, 128]),
     "gpt_cpu": ({"model": {"family": "transformer", "n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size": 65},
                  "data": {"name": "synthetic_tokens", "block_size": 64, "vocab_size": 65, "num_examples": 100_000},
                  "optim": {"name": "adamw", "weight_decay": 0.1, "grad_clip": 1.0, "cpu_micro_batch": 6},
-                 "train": {"xla_cpu_options": ["xla_cpu_experimental_ynn_fusion_type="]}},
+                 "train": {"xla_cpu_options": EIGEN_DOTS}},
                 [12, 48]),
     "gpt2_small": ({"model": {"family": "transformer", "n_layer": 12, "n_head": 12, "d_model": 768,
                               "vocab_size": 50304, "dtype": "bfloat16"},
@@ -334,15 +339,19 @@ def _cpu_count() -> int:
 VECTOR_EXTENSIONS = ("avx512f", "avx2", "avx", "sse4_2", "asimd", "neon")
 
 
+@functools.cache
+def _proc_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def host_cpu(cpuinfo: str | None = None) -> dict:
     """The host processor, as far as /proc/cpuinfo tells: its name, x86 family and model (which
     tell generations apart where the name does not), widest vector extension and usable cores."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
     fields = {}
+    cpuinfo = _proc_cpuinfo() if cpuinfo is None else cpuinfo
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())   # the first processor's

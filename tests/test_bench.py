@@ -86,7 +86,8 @@ def test_bench_writes_a_table_json_and_report_and_counts_flops_twice(tmp_path, c
     assert f"Host: {bench.describe_host(data['meta']['host'])}." in (out / "README.md").read_text()
 
 
-ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx fma avx2\n\nprocessor\t: 1\nmodel name\t: other\n"
+ZEN3 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fpu sse4_2 avx fma avx2\n\nprocessor\t: 1\nmodel name\t: other\n")
 ZEN4 = ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2", "avx2 avx512f avx512bw avx512_bf16")
 ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n"
 
