@@ -76,9 +76,9 @@ def conv_layers_of(model: str, batch: int) -> list[ConvLayer]:
 def compiler_options_of(model: str, batch: int) -> dict[str, str]:
     """The XLA options a bench case's step compiles with here (`train.xla_cpu_options` on CPU)."""
     from flaxgen import bench
-    from flaxgen.training.loop import _compiler_options, split_batch
+    from flaxgen.training.loop import split_batch, step_compiler_options
 
-    return _compiler_options(*split_batch(bench.case_config(model, batch, "single", None, None)))
+    return step_compiler_options(*split_batch(bench.case_config(model, batch, "single", None, None)))
 
 
 def layer_step(layer: ConvLayer, batch: int, micro_batches: int, compiler_options: dict | None = None):

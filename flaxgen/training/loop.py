@@ -44,11 +44,11 @@ def checked_plan(config: Config) -> tuple[parallel.Strategy, Config]:
     """`split_batch`, then the CPU compiler options tried on a one-op program: everything in the
     config that XLA would refuse, found before the data loads and the model compiles."""
     strategy, config = split_batch(config)
-    _check_compiler_options(tuple(_compiler_options(strategy, config).items()))
+    _check_compiler_options(tuple(step_compiler_options(strategy, config).items()))
     return strategy, config
 
 
-def _compiler_options(strategy: parallel.Strategy, config: Config) -> dict[str, str]:
+def step_compiler_options(strategy: parallel.Strategy, config: Config) -> dict[str, str]:
     """The train step's compiler options: `train.xla_cpu_options` on CPUs, none elsewhere."""
     return xla_cpu_options(config) if strategy.devices[0].platform == "cpu" else {}
 
@@ -121,7 +121,7 @@ class Experiment:
         """The step compiled ahead of time for these placed inputs, and the seconds it took."""
         start = time.perf_counter()
         lowered = self.step_function().lower(state, args, np.int32(step), np.bool_(True))
-        options = _compiler_options(self.strategy, self.config)
+        options = step_compiler_options(self.strategy, self.config)
         with _options_named_in_errors(options):
             compiled = lowered.compile(compiler_options=options or None)
         return compiled, time.perf_counter() - start
