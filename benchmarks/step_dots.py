@@ -1,12 +1,16 @@
-"""How long a bench case's matmuls take by themselves: the floor under its step.
+"""How long a bench case's matmuls take by themselves: their share of its step.
 
 Compiles the case's training step as the bench does and reads every dot of the compiled program,
 each counted as often as one step runs it (a micro-batch loop's body: its trip count). Then it
-times exactly those dots, under the case's compile options, in one program: fresh operands for
-each, each made to wait for the one before it (an optimization barrier, no arithmetic), so that
-none overlaps another and no product pays a call's dispatch. `--torch` times the same products
-with `torch.matmul` in a worker process, the contracted axes moved by transposed views as a
-Linear layer's backward hands them to MKL.
+times exactly those dots under the case's compile options, two ways:
+- chained in one program: fresh operands for each product (as from memory), each made to wait
+  for the one before it (an optimization barrier, no arithmetic), so that none overlaps another
+  and no product pays a call's dispatch;
+- warm: each product on its own, repeated on the same operands (hot in cache, as a step's
+  producer often leaves them), the times summed.
+A step's own matmuls fall near one or the other, as its data flow keeps their operands in cache
+or not. `--torch` times the chained products with `torch.matmul` in a worker process, the
+contracted axes moved by transposed views as a Linear layer's backward hands them to MKL.
 
 Timed alone, one call a product, a dot reads far slower than it runs inside a step: each call
 pays jax's dispatch and wakes XLA's thread pool (benchmarks/README.md, item 26).
@@ -154,17 +158,54 @@ def time_in_xla(counts: dict[Dot, int], compiler_options: dict, rounds: int) -> 
             return carry_now + sum(jnp.ravel(product)[0].astype(jnp.float32) for product in products), None
         return jax.lax.scan(one, jnp.zeros((), jnp.float32), None, length=repeats)[0]
 
-    compiled = jax.jit(passes).lower(operands).compile(compiler_options or None)
+    return _median_seconds(jax.jit(passes), (operands,), compiler_options, counts, rounds)
+
+
+def _median_seconds(function, args: tuple, compiler_options: dict, counts: dict[Dot, int], rounds: int) -> float:
+    """Compiles `function`, checks that its program runs exactly `counts`' work, and times it."""
+    import jax
+    import numpy as np
+
+    compiled = function.lower(*args).compile(compiler_options or None)
     timed = dots_of(compiled.as_text())
     if _work(timed) != _work(counts):   # XLA hoisted, merged or dropped some: the time would lie
         raise RuntimeError(f"the timed program runs {_work(timed)} (dots, FLOPs), not {_work(counts)}")
-    jax.block_until_ready(compiled(operands))
+    jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(rounds):
         begin = time.perf_counter()
-        jax.block_until_ready(compiled(operands))
+        jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - begin)
     return float(np.median(times))
+
+
+def time_warm_in_xla(counts: dict[Dot, int], compiler_options: dict, rounds: int,
+                     repeats_lasting_s: float = 0.01) -> float:
+    """Seconds for one step's worth of `counts`, each product timed on its own, repeated on the
+    same operands: hot in cache, as a step's producers usually leave them. The sum of those."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for dot, times in counts.items():
+        lhs, rhs = (jnp.asarray(rng.standard_normal(shape, dtype=np.float32), _DTYPES[dot.dtype])
+                    for shape in (dot.lhs, dot.rhs))
+        # about repeats_lasting_s of work a call at 100 GFLOP/s, so that a call's dispatch is noise
+        repeats = max(2, round(repeats_lasting_s * 1e11 / dot.flops))
+
+        def repeated(lhs, rhs, dot=dot, repeats=repeats):
+            def one(carry, _):
+                # the carry through the barrier and into the result: each repeat is computed
+                (lhs_now, rhs_now), carry_now = jax.lax.optimization_barrier(((lhs, rhs), carry))
+                product = jax.lax.optimization_barrier(jax.lax.dot_general(lhs_now, rhs_now, dot.dimension_numbers))
+                return carry_now + jnp.ravel(product)[0].astype(jnp.float32), None
+            return jax.lax.scan(one, jnp.zeros((), jnp.float32), None, length=repeats)[0]
+
+        seconds = _median_seconds(jax.jit(repeated), (lhs, rhs), compiler_options, {dot: repeats}, rounds)
+        total += seconds / repeats * times
+    return total
 
 
 def torch_transposes(dot: Dot) -> tuple[bool, bool]:
@@ -218,7 +259,7 @@ print(time_in_torch(counts, int(sys.argv[1])))
 
 def _line(who: str, label: str, counts: dict[Dot, int], seconds: float) -> str:
     flops = _work(counts)[1]
-    return (f"  {who:<6}{label:<8}{sum(counts.values()):4d} dots  {flops / 1e9:7.3f} GFLOP  "
+    return (f"  {who:<6}{label:<14}{sum(counts.values()):4d} dots  {flops / 1e9:7.3f} GFLOP  "
             f"{seconds * 1e3:8.2f} ms  {flops / seconds / 1e9:6.0f} GFLOP/s")
 
 
@@ -267,8 +308,11 @@ def main(argv: list[str] | None = None) -> dict:
             seconds = time_in_xla(chosen, options, args.rounds)
             row[f"xla_{label}_ms"] = seconds * 1e3
             print(_line("XLA", label, chosen, seconds), flush=True)
+            seconds = time_warm_in_xla(chosen, options, args.rounds)
+            row[f"xla_{label}_warm_ms"] = seconds * 1e3
+            print(_line("XLA", label + ", warm", chosen, seconds), flush=True)
     if args.torch:
-        worker = subprocess.run([sys.executable, "-c", _TORCH_WORKER, str(args.rounds)],
+        worker = subprocess.run([sys.executable, "-c", _TORCH_WORKER, str(args.rounds)], check=False,
                                 input=json.dumps(row["dots"]), capture_output=True, text=True,
                                 env={**bench.PEER_MALLOC_ENV, **os.environ})
         if worker.returncode:
@@ -276,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = float(worker.stdout.split()[-1])
         row["torch_all_ms"] = seconds * 1e3
         print(_line("torch", "all", counts, seconds), flush=True)
-    print(f"  the dots alone take {row['xla_all_ms'] / row['step_ms']:.0%} of the step's time")
+    print(f"  the dots alone take {row['xla_all_ms'] / row['step_ms']:.0%} of the step's time chained on fresh "
+          f"operands, {row['xla_all_warm_ms'] / row['step_ms']:.0%} each on hot ones")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(row, file, indent=1)

@@ -75,9 +75,12 @@ def test_the_timed_program_must_run_every_counted_dot(monkeypatch):
     counts = {Dot("f32", (32, 16), (16, 8), (1,), (0,)): 4}     # 2 x 32 x 16 x 8 = 8192 FLOPs each
     assert step_dots.time_in_xla(counts, {}, rounds=2) > 0
     # a program in which XLA had hoisted or dropped products would be timed short: refused
+    assert step_dots.time_warm_in_xla(counts, {}, rounds=2) > 0
     monkeypatch.setattr(step_dots, "dots_of", lambda text: {})
     with pytest.raises(RuntimeError, match=r"runs \(0, 0\) \(dots, FLOPs\), not \(4, 32768\)"):
         step_dots.time_in_xla(counts, {}, rounds=2)
+    with pytest.raises(RuntimeError, match=r"runs \(0, 0\) \(dots, FLOPs\), not \(\d+, \d+\)"):
+        step_dots.time_warm_in_xla(counts, {}, rounds=2)
 
 
 def test_a_real_case_read_timed_and_written(tmp_path, capsys):
@@ -85,11 +88,13 @@ def test_a_real_case_read_timed_and_written(tmp_path, capsys):
     row = step_dots.main(["vae", "16", "--rounds", "2", "--json", str(out)])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("vae b16: step ") and printed[0].endswith("its dots alone:")
-    assert printed[1].split()[:3] == ["XLA", "all", str(sum(times for _, times in row["dots"]))]
+    count = str(sum(times for _, times in row["dots"]))
+    assert printed[1].split()[:3] == ["XLA", "all", count]
+    assert printed[2].split()[:4] == ["XLA", "all,", "warm", count]
     assert printed[-1].startswith("  the dots alone take ")
     assert json.loads(out.read_text()) == row
     # the MLP VAE's step: encoder, decoder, their gradients; every dot a plain product
-    assert row["xla_all_ms"] > 0 and "xla_batched_ms" not in row
+    assert row["xla_all_ms"] > 0 and row["xla_all_warm_ms"] > 0 and "xla_batched_ms" not in row
     assert all(not dot["lhs_batch"] for dot, _ in row["dots"])
 
 
