@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -130,6 +131,11 @@ def one_pass(counts: dict[Dot, int]) -> tuple[list[Dot], int]:
     return [dot for dot, times in counts.items() for _ in range(times // repeats)], repeats
 
 
+def _random_operands(dot: Dot, rng) -> tuple:
+    """Standard-normal float32 numpy arrays of the dot's two operand shapes."""
+    return tuple(rng.standard_normal(shape, dtype="float32") for shape in (dot.lhs, dot.rhs))
+
+
 def time_in_xla(counts: dict[Dot, int], compiler_options: dict, rounds: int) -> float:
     """Median seconds for one step's worth of `counts`, chained in one program."""
     import jax
@@ -138,8 +144,8 @@ def time_in_xla(counts: dict[Dot, int], compiler_options: dict, rounds: int) -> 
 
     dots, repeats = one_pass(counts)
     rng = np.random.default_rng(0)
-    operands = [tuple(jnp.asarray(rng.standard_normal(shape, dtype=np.float32), _DTYPES[dot.dtype])
-                      for shape in (dot.lhs, dot.rhs)) for dot in dots]
+    operands = [tuple(jnp.asarray(array, _DTYPES[dot.dtype]) for array in _random_operands(dot, rng))
+                for dot in dots]
 
     def passes(operands):
         def one(carry, _):
@@ -190,8 +196,7 @@ def time_warm_in_xla(counts: dict[Dot, int], compiler_options: dict, rounds: int
     rng = np.random.default_rng(0)
     total = 0.0
     for dot, times in counts.items():
-        lhs, rhs = (jnp.asarray(rng.standard_normal(shape, dtype=np.float32), _DTYPES[dot.dtype])
-                    for shape in (dot.lhs, dot.rhs))
+        lhs, rhs = (jnp.asarray(array, _DTYPES[dot.dtype]) for array in _random_operands(dot, rng))
         # about repeats_lasting_s of work a call at 100 GFLOP/s, so that a call's dispatch is noise
         repeats = max(2, round(repeats_lasting_s * 1e11 / dot.flops))
 
@@ -227,7 +232,7 @@ def time_in_torch(counts: dict[Dot, int], rounds: int) -> float:
     rng = np.random.default_rng(0)
     pairs = []
     for dot in dots:
-        lhs, rhs = (torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) for shape in (dot.lhs, dot.rhs))
+        lhs, rhs = (torch.from_numpy(array) for array in _random_operands(dot, rng))
         swap_lhs, swap_rhs = torch_transposes(dot)
         pairs.append((lhs.transpose(-1, -2) if swap_lhs else lhs, rhs.transpose(-1, -2) if swap_rhs else rhs))
 
@@ -251,8 +256,8 @@ _TORCH_WORKER = """
 import json, sys
 from benchmarks.step_dots import Dot, time_in_torch
 rows = json.load(sys.stdin)
-counts = {Dot(row["dtype"], *(tuple(row[key]) for key in ("lhs", "rhs", "lhs_contracting",
-          "rhs_contracting", "lhs_batch", "rhs_batch"))): times for row, times in rows}
+counts = {Dot(**{key: tuple(value) if isinstance(value, list) else value for key, value in row.items()}): times
+          for row, times in rows}
 print(time_in_torch(counts, int(sys.argv[1])))
 """
 
@@ -266,7 +271,7 @@ def _line(who: str, label: str, counts: dict[Dot, int], seconds: float) -> str:
 def main(argv: list[str] | None = None) -> dict:
     from flaxgen import bench, hostmem
     from flaxgen.config import ConfigError
-    from flaxgen.training.loop import Experiment, checked_plan, step_compiler_options
+    from flaxgen.training.loop import checked_plan, step_compiler_options
 
     parser = argparse.ArgumentParser("benchmarks.step_dots", description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(bench.MODELS))
@@ -280,37 +285,33 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--rounds must be at least 1")
     hostmem.keep_freed_memory()     # as the flaxgen command runs
     try:
-        config = bench.case_config(args.model, args.batch, "single", None, None, args.overrides)
-        checked_plan(config)
+        options = step_compiler_options(*checked_plan(
+            bench.case_config(args.model, args.batch, "single", None, None, args.overrides)))
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
 
     result, run = bench.time_case(args.model, args.batch, repeats=1, overrides=args.overrides)
-    step_s = sorted(run(bench._steps_lasting(run)) for _ in range(5))[2]
-    experiment = Experiment.build(config)
-    state = experiment.strategy.put_state(experiment.init_state())
-    compiled, _ = experiment.compile_step(state, experiment.step_args(0), 0)
-    counts = dots_of(compiled.as_text())
+    step_s = statistics.median(run(bench._steps_lasting(run)) for _ in range(5))
+    counts = dots_of(run.compiled.as_text())     # the very program just timed
     if not counts:
         raise SystemExit(f"error: {args.model}'s compiled step has no dots to time")
-    options = step_compiler_options(experiment.strategy, experiment.config)
     row = {"model": args.model, "batch": args.batch, "overrides": args.overrides,
            "micro_batches": result.micro_batches, "step_ms": step_s * 1e3,
            "dots": [[{key: list(value) if isinstance(value, tuple) else value for key, value in asdict(dot).items()},
                      times] for dot, times in counts.items()]}
     print(f"{args.model} b{args.batch}: step {step_s * 1e3:.2f} ms (median of 5 repeats), "
           f"{result.micro_batches} micro-batch{'es' if result.micro_batches > 1 else ''}; its dots alone:")
-    groups = {"all": counts,
-              "plain": {dot: times for dot, times in counts.items() if not dot.batched},
-              "batched": {dot: times for dot, times in counts.items() if dot.batched}}
+    groups = {"all": counts}
+    plain = {dot: times for dot, times in counts.items() if not dot.batched}
+    if 0 < len(plain) < len(counts):    # both kinds: each on its own too
+        groups.update(plain=plain, batched={dot: times for dot, times in counts.items() if dot.batched})
     for label, chosen in groups.items():
-        if chosen and (label == "all" or len(chosen) < len(counts)):
-            seconds = time_in_xla(chosen, options, args.rounds)
-            row[f"xla_{label}_ms"] = seconds * 1e3
-            print(_line("XLA", label, chosen, seconds), flush=True)
-            seconds = time_warm_in_xla(chosen, options, args.rounds)
-            row[f"xla_{label}_warm_ms"] = seconds * 1e3
-            print(_line("XLA", label + ", warm", chosen, seconds), flush=True)
+        seconds = time_in_xla(chosen, options, args.rounds)
+        row[f"xla_{label}_ms"] = seconds * 1e3
+        print(_line("XLA", label, chosen, seconds), flush=True)
+        seconds = time_warm_in_xla(chosen, options, args.rounds)
+        row[f"xla_{label}_warm_ms"] = seconds * 1e3
+        print(_line("XLA", label + ", warm", chosen, seconds), flush=True)
     if args.torch:
         worker = subprocess.run([sys.executable, "-c", _TORCH_WORKER, str(args.rounds)], check=False,
                                 input=json.dumps(row["dots"]), capture_output=True, text=True,

@@ -166,7 +166,7 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
               peak_flops: float | None = None, steps: int | None = None,
               overrides: Sequence[str] = ()) -> tuple[Result, callable]:
     """Build, compile and time one case. Returns the result and a function that times one more
-    repeat (for interleaving with a peer)."""
+    repeat (for interleaving with a peer); its `compiled` is the program it times."""
     from flaxgen.training.loop import Experiment, reports_metrics
 
     experiment = Experiment.build(case_config(model, batch, strategy, devices, dtype, overrides))
@@ -201,6 +201,7 @@ def time_case(model: str, batch: int, strategy: str = "single", devices: int | N
         box["state"], box["step"] = state, step + steps
         return elapsed / steps
 
+    run.compiled = compiled
     run(2)  # warm-up
     one = run(3)
     steps = steps or max(1, int(round(target_repeat_s / max(one, 1e-6))))
